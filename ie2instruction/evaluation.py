@@ -1,0 +1,194 @@
+"""Score a prediction file: read records, merge split records by ``source + id``, parse answers, count.
+
+Input problems raise :class:`~ie2instruction.io.InputError` (``PATH:LINE: problem``); model answers that
+cannot be read are counted as errors and reported through ``warn``, never raised.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .answers import INVALID, load_answer
+from .io import InputError, LabelError, read_records
+from .metrics import Rouge, Scorer
+from .tasks import get_task
+
+MAX_WARNINGS = 5
+
+
+@dataclass
+class Options:
+    task: str | None = None  # None: take it from the records' ``task`` field
+    match_mode: str = "normal"
+    sort_by: str = ""
+    repair: bool = False
+    rouge: bool = False
+
+
+@dataclass
+class Instance:
+    """One merged input text: gold from its first line, predictions pooled from all its lines."""
+    line: int
+    category: str | None
+    gold: list
+    preds: list = field(default_factory=list)
+    errors: int = 0
+    repaired: int = 0
+
+
+class Warnings:
+    """Prints the first few answer problems on stderr, then only counts them."""
+
+    def __init__(self, path, stream=None, limit: int = MAX_WARNINGS):
+        self.path, self.stream, self.limit, self.count = path, stream or sys.stderr, limit, 0
+
+    def __call__(self, line: int, message: str, text: Any = None) -> None:
+        self.count += 1
+        if self.count <= self.limit:
+            shown = "" if text is None else ": " + _clip(text)
+            print(f"{self.path}:{line}: {message}{shown}", file=self.stream)
+
+    def close(self) -> None:
+        if self.count > self.limit:
+            print(f"{self.path}: ... {self.count - self.limit} more answer problems not shown "
+                  f"({self.count} in all, counted in 错误数)", file=self.stream)
+
+
+def _clip(text: Any, n: int = 80) -> str:
+    s = text if isinstance(text, str) else repr(text)
+    s = s.replace("\n", "\\n")
+    return s if len(s) <= n else s[:n] + f"... ({len(s)} chars)"
+
+
+def _string_field(rec: dict, name: str, path, line: int) -> str:
+    value = rec.get(name)
+    if value is None:
+        raise InputError(path, line, f"missing '{name}'")
+    if type(value) is not str:
+        raise InputError(path, line, f"'{name}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _json_field(rec: dict, name: str, path, line: int) -> Any:
+    text = _string_field(rec, name, path, line)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InputError(path, line, f"'{name}' is not a JSON string ({err.__class__.__name__}: "
+                                     f"{str(err)[:60]})") from None
+
+
+def _instruction(rec: dict, path, line: int, required: bool) -> dict | None:
+    if not required and "instruction" not in rec:
+        return None
+    obj = _json_field(rec, "instruction", path, line)
+    if type(obj) is not dict:
+        raise InputError(path, line, f"'instruction' must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _category(rec: dict, instruction: dict | None, sort_by: str, path, line: int) -> str | None:
+    if not sort_by:
+        return None
+    if sort_by == "input":
+        value = (instruction or {}).get("input")
+    else:
+        value = rec.get(sort_by)
+    if value is None:
+        return "None"  # the original's str(None) for a record without the field
+    if type(value) is not str:
+        raise InputError(path, line, f"--sort_by {sort_by}: the value must be a string, got {type(value).__name__}")
+    return value
+
+
+def _resolve_task(rec: dict, path, line: int, seen: dict):
+    name = rec.get("task")
+    if type(name) is not str or not name:
+        raise InputError(path, line, "no --task given and the record has no 'task' field to take it from")
+    if "name" not in seen:
+        try:
+            seen["task"] = get_task(name)
+        except (KeyError, ValueError):
+            raise InputError(path, line, f"unknown task {name!r} in the 'task' field") from None
+        seen["name"], seen["line"] = name, line
+    elif name != seen["name"]:
+        raise InputError(path, line, f"records name different tasks ({seen['name']!r} at line {seen['line']}, "
+                                     f"{name!r} here); pass --task")
+    return seen["task"]
+
+
+def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, Any], None]):
+    """Read ``path`` and return ``(task, instances)``; raises InputError for a bad file."""
+    task = get_task(opts.task) if opts.task else None
+    seen: dict = {}
+    uses_schema = None
+    instances: dict[tuple[str, str], Instance] = {}
+    repair = opts.repair
+    for line, rec in read_records(path):
+        if opts.task is None:
+            task = _resolve_task(rec, path, line, seen)
+        if uses_schema is None:
+            uses_schema = getattr(task, "parse_uses_schema", True)
+        output = _string_field(rec, "output", path, line)
+        rid = _string_field(rec, "id", path, line)
+        source = rec.get("source")
+        if source is None:
+            source = "None"  # the original's missing-source key
+        elif type(source) is not str:
+            raise InputError(path, line, f"'source' must be a string, got {type(source).__name__}")
+        key = (source, rid)
+        inst = instances.get(key)
+        instruction = None
+        if inst is None:
+            instruction = _instruction(rec, path, line, required=True)
+            labels = _json_field(rec, "label", path, line)
+            try:
+                gold = task.gold(labels)
+            except LabelError as err:
+                raise InputError(path, line, f"'label': {err}") from None
+            except (KeyError, TypeError, AttributeError, IndexError):
+                raise InputError(path, line, f"'label' does not have the shape of {task.name} labels") from None
+            inst = instances[key] = Instance(line, _category(rec, instruction, opts.sort_by, path, line), gold)
+        elif uses_schema:
+            instruction = _instruction(rec, path, line, required=False)
+        value, repaired = load_answer(output, repair)
+        if repaired:
+            inst.repaired += 1
+        if value is INVALID:
+            inst.errors += 1
+            warn(line, "answer is not valid JSON" + (" (not repairable)" if repair else ""), output)
+            continue
+        schema = instruction.get("schema") if uses_schema and instruction else None
+        try:
+            tuples = task.parse(value, schema) if uses_schema else task.parse(value)
+        except Exception as err:  # a parser bug must not lose the whole evaluation
+            tuples = None
+            warn(line, f"answer could not be parsed ({err.__class__.__name__})", output)
+        else:
+            if tuples is None:
+                warn(line, f"answer is a JSON {type(value).__name__}, expected an object", output)
+        if tuples is None:
+            inst.errors += 1
+        else:
+            inst.preds.extend(tuples)
+    if task is None:
+        raise InputError(path, None, "no records" + ("" if opts.task else ", and no --task given"))
+    return task, instances
+
+
+def evaluate(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, Any], None] | None = None):
+    """Score one prediction file; returns ``(task, result)`` with the result object described in docs/eval.md."""
+    rouge = Rouge() if opts.rouge else None  # fails early when the extra is missing
+    warn = warn or Warnings(path)
+    task, instances = collect(path, opts, warn)
+    scorer = Scorer(task.metric, task.label_of, opts.match_mode, opts.repair)
+    for inst in instances.values():
+        scorer.add(inst.gold, inst.preds, inst.errors, inst.repaired, inst.category)
+        if rouge is not None:
+            scorer.add_rouge(rouge.score(inst.preds, inst.gold), inst.category)
+    if isinstance(warn, Warnings):
+        warn.close()
+    return task, scorer.result(with_rouge=rouge is not None)

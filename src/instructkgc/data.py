@@ -1,0 +1,160 @@
+"""Training data: reading, supervised preprocessing (REFERENCE §4.5) and the batch collators.
+
+* JSON arrays and JSONL are both read (streamed, ``PATH:LINE: problem`` on bad input).
+* Records whose query or output is empty/not a string are skipped, with a count warning (the original
+  dropped them silently); truncated examples are counted and reported.
+* ``PackingCollator`` (the default) packs the examples of a batch into as few rows as fit, with position ids
+  restarting at every example and no attention mask, so the model attends within each example only;
+  ``--packing false`` gives the original ``DataCollatorForSeq2Seq`` with (left) padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .template import Template, get_template_and_fix_tokenizer, record_query
+from .utils import IGNORE_INDEX, UsageError, get_logger
+
+logger = get_logger(__name__)
+
+
+def load_records(path) -> list[dict]:
+    """Training records from a JSON array or JSONL file (``ie2instruction.io.InputError`` on bad input)."""
+    from ie2instruction.io import InputError, read_records
+
+    records = []
+    for line, record in read_records(path):
+        if not isinstance(record, dict):
+            raise InputError(path, line, "record is not a JSON object")
+        records.append(record)
+    return records
+
+
+def encode_supervised(template: Template, tokenizer, query: str, response: str, system: Optional[str],
+                      cutoff_len: int, max_target_length: int, train_on_prompt: bool = False):
+    """``(input_ids, labels, truncated)`` of one example, with the reference budget rules."""
+    source, target = template.encode_oneturn(tokenizer, query, response, system)
+    s, t = len(source), len(target)
+    max_t = max(int(cutoff_len * t / (s + t)), max_target_length)
+    max_s = max(cutoff_len - max_t, 0)
+    truncated = s > max_s or t > max_t
+    source, target = source[:max_s], target[:max_t]
+    labels = (list(source) if train_on_prompt else [IGNORE_INDEX] * len(source)) + list(target)
+    input_ids = source + target
+    eos = template.final_eos_ids(tokenizer)
+    input_ids, labels = input_ids + eos, labels + eos
+    if len(input_ids) > cutoff_len:
+        truncated = True
+        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+    return input_ids, labels, truncated
+
+
+def _valid(record) -> bool:
+    return (isinstance(record.get("instruction"), str) and record["instruction"] != ""
+            and isinstance(record.get("output"), str) and record["output"] != "")
+
+
+def preprocess_supervised(records: list[dict], tokenizer, data_args, template: Optional[Template] = None,
+                          what: str = "train"):
+    """Tokenise records into a ``datasets.Dataset`` with ``input_ids``, ``labels``, ``attention_mask``."""
+    from datasets import Dataset
+
+    template = template or get_template_and_fix_tokenizer(data_args.template, tokenizer)
+    if data_args.train_on_prompt and template.efficient_eos:
+        raise UsageError(f"--train_on_prompt cannot be used with template {template.name} (efficient_eos)")
+    kept = [r for r in records if _valid(r)]
+    if len(kept) < len(records):
+        logger.warning("%s: skipped %d of %d records with an empty or missing instruction/output",
+                       what, len(records) - len(kept), len(records))
+    columns = {
+        "query": [record_query(r) for r in kept],
+        "response": [r["output"] for r in kept],
+        "system": [r.get("system") or data_args.system_prompt or "" for r in kept],
+    }
+    args = (data_args.cutoff_len, data_args.max_target_length, data_args.train_on_prompt)
+
+    def encode_batch(batch):
+        out = {"input_ids": [], "labels": [], "attention_mask": [], "truncated": []}
+        for query, response, system in zip(batch["query"], batch["response"], batch["system"]):
+            ids, labels, cut = encode_supervised(template, tokenizer, query, response, system or None, *args)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["attention_mask"].append([1] * len(ids))
+            out["truncated"].append(cut)
+        return out
+
+    dataset = Dataset.from_dict(columns)
+    workers = data_args.preprocessing_num_workers
+    workers = min(workers, max(1, len(kept) // 1000)) if workers else None
+    dataset = dataset.map(encode_batch, batched=True, num_proc=workers if workers and workers > 1 else None,
+                          remove_columns=list(columns), desc=f"tokenising {what}")
+    n_cut = sum(dataset["truncated"])
+    if n_cut:
+        logger.warning("%s: %d of %d examples were truncated to --cutoff_len %d (target budget >= "
+                       "--max_target_length %d)", what, n_cut, len(dataset), data_args.cutoff_len,
+                       data_args.max_target_length)
+    return dataset.remove_columns("truncated")
+
+
+@dataclass
+class PackingCollator:
+    """Pack a batch's examples into rows without padding; position ids restart at each example.
+
+    Rows are filled first-fit-decreasing up to the longest example of the batch (``max_row_len`` when set),
+    so attention cost stays that of the padded batch while most padding disappears. A row's unused tail is
+    a separate dummy segment (its own positions, labels -100), never attended by real tokens.
+    """
+
+    pad_token_id: int
+    max_row_len: Optional[int] = None
+
+    def __call__(self, features):
+        import torch
+
+        examples = sorted(((list(f["input_ids"]), list(f["labels"])) for f in features), key=lambda e: -len(e[0]))
+        row_len = max(self.max_row_len or 0, len(examples[0][0]))
+        rows: list[list] = []  # each: [used, [(ids, labels), ...]]
+        for ex in examples:
+            for row in rows:
+                if row[0] + len(ex[0]) <= row_len:
+                    row[0] += len(ex[0])
+                    row[1].append(ex)
+                    break
+            else:
+                rows.append([len(ex[0]), [ex]])
+        input_ids, labels, positions = [], [], []
+        for used, items in rows:
+            ids = [i for ex in items for i in ex[0]]
+            lab = [i for ex in items for i in ex[1]]
+            pos = [p for ex in items for p in range(len(ex[0]))]
+            pad = row_len - used
+            input_ids.append(ids + [self.pad_token_id] * pad)
+            labels.append(lab + [IGNORE_INDEX] * pad)
+            positions.append(pos + list(range(pad)))
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels),
+                "position_ids": torch.tensor(positions)}
+
+
+def supports_packing(model) -> bool:
+    """Packed rows need transformers' own attention masking (position-id based); remote code may lack it."""
+    base = model
+    for attr in ("get_base_model",):
+        if hasattr(base, attr):
+            base = base.get_base_model()
+    module = type(base).__module__
+    return module.startswith("transformers.models.") and getattr(base.config, "is_encoder_decoder", False) is False
+
+
+def make_collator(tokenizer, model, data_args, training_args=None):
+    """The packing collator when the model supports it (and ``--packing`` is on), else the padded one."""
+    from transformers import DataCollatorForSeq2Seq
+
+    if data_args.packing and supports_packing(model):
+        return PackingCollator(pad_token_id=tokenizer.pad_token_id)
+    if data_args.packing:
+        logger.warning("--packing: %s is not a transformers-native model; using padded batches",
+                       type(model).__name__)
+    return DataCollatorForSeq2Seq(
+        tokenizer, pad_to_multiple_of=4 if tokenizer.padding_side == "left" else None,
+        label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+    )

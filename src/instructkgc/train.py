@@ -1,0 +1,132 @@
+"""Supervised fine-tuning with the HF Trainer (REFERENCE §4.8): ``python src/finetune.py ...``.
+
+Fixes over the original: runs without a validation split; ``--val_set_size`` not smaller than the data
+skips the split with a warning; arguments used are saved to ``<output_dir>/instructkgc_args.json`` (and each
+checkpoint) so inference can default to them; gradient checkpointing only when asked; cuDNN is left on.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .args import parse_train_args
+from .utils import UsageError, fail, get_logger, is_main_process
+
+logger = get_logger(__name__)
+
+SAVED_KEYS = ("model_name_or_path", "model_name", "template", "cutoff_len", "max_source_length",
+              "max_target_length", "finetuning_type", "bits", "lora_r", "lora_alpha", "lora_target_modules",
+              "additional_target", "checkpoint_dir", "system_prompt", "train_on_prompt", "packing", "stage")
+
+
+def saved_args(model_args, data_args, training_args, finetuning_args) -> dict:
+    """The argument summary written next to the trained weights."""
+    merged = {}
+    for obj in (model_args, data_args, finetuning_args):
+        merged.update({k: v for k, v in vars(obj).items() if k in SAVED_KEYS})
+    merged["bf16"], merged["fp16"] = bool(training_args.bf16), bool(training_args.fp16)
+    merged["compute_dtype"] = str(model_args.compute_dtype).replace("torch.", "") if model_args.compute_dtype \
+        else None
+    return merged
+
+
+def write_args(folder, summary: dict) -> None:
+    path = Path(folder) / "instructkgc_args.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _datasets(tokenizer, template, data_args, training_args):
+    from .data import load_records, preprocess_supervised
+
+    train = valid = None
+    if training_args.do_train:
+        train = preprocess_supervised(load_records(data_args.train_file), tokenizer, data_args, template, "train")
+        if len(train) == 0:
+            raise UsageError(f"{data_args.train_file}: no usable training records")
+    if data_args.valid_file:
+        valid = preprocess_supervised(load_records(data_args.valid_file), tokenizer, data_args, template, "valid")
+    elif training_args.do_eval and data_args.val_set_size > 0 and train is not None:
+        if data_args.val_set_size >= len(train):
+            logger.warning("--val_set_size %d is not smaller than the %d training rows: no validation split, "
+                           "evaluation skipped", data_args.val_set_size, len(train))
+        else:
+            split = train.train_test_split(test_size=data_args.val_set_size, shuffle=True, seed=42)
+            train, valid = split["train"], split["test"]
+    return train, valid
+
+
+def _no_eval(training_args) -> None:
+    from transformers.trainer_utils import IntervalStrategy
+
+    training_args.do_eval = False
+    training_args.eval_strategy = IntervalStrategy.NO
+    training_args.load_best_model_at_end = False
+
+
+def run(argv=None) -> dict:
+    """Parse arguments, train and/or evaluate; returns the metrics."""
+    os.environ.setdefault("WANDB_DISABLED", "true")
+    model_args, data_args, training_args, finetuning_args, _ = parse_train_args(argv)
+    from transformers import Seq2SeqTrainer, TrainerCallback
+
+    from .data import make_collator
+    from .loader import load_model_and_tokenizer
+    from .template import get_template_and_fix_tokenizer
+
+    checkpointing = bool(getattr(training_args, "activation_checkpointing", False)
+                         or getattr(training_args, "gradient_checkpointing", False))
+    for name in ("activation_checkpointing", "gradient_checkpointing"):
+        if hasattr(training_args, name):
+            setattr(training_args, name, False)  # the loader enables it (once, PEFT-aware)
+    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, training_args.do_train,
+                                                template=data_args.template, gradient_checkpointing=checkpointing)
+    template = get_template_and_fix_tokenizer(data_args.template, tokenizer)
+    with training_args.main_process_first(desc="tokenising"):
+        train, valid = _datasets(tokenizer, template, data_args, training_args)
+    if valid is None:
+        if training_args.do_eval:
+            logger.info("no validation data: evaluation is skipped")
+        _no_eval(training_args)
+    summary = saved_args(model_args, data_args, training_args, finetuning_args)
+
+    class SaveArgs(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_args(Path(args.output_dir) / f"checkpoint-{state.global_step}", summary)
+
+    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
+                             data_collator=make_collator(tokenizer, model, data_args, training_args),
+                             processing_class=tokenizer, callbacks=[SaveArgs()])
+    metrics: dict = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)
+            write_args(training_args.output_dir, summary)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    from ie2instruction.io import InputError
+
+    try:
+        run(argv)
+    except UsageError as exc:
+        fail(str(exc))
+    except InputError as exc:
+        fail(str(exc))

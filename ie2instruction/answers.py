@@ -12,17 +12,27 @@ from typing import Any
 INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "INVALID", "__bool__": lambda self: False})()
 """Returned when an answer is not (and could not be made) valid JSON. Distinct from a JSON ``null``."""
 
-MAX_REPAIR_CHARS = 200_000
-"""Longer answers are not repaired: ``json_repair`` is pure Python and a runaway generation is not an answer."""
+MAX_REPAIR_CHARS = 20_000
+"""Longer answers are not repaired (counted as errors): ``json_repair`` is pure Python (about 2 µs a
+character), and a runaway generation that long is not an answer."""
 
+MAX_REPAIR_DEPTH = 50
+"""Answers nest 2 to 4 levels; deeper brackets are noise that ``json_repair`` is slow on."""
+
+_BRACKETS = re.compile(r"[\[\]{}]")
 _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)(?:```|\Z)", re.S)
+
+
+_TOO_DEEP: Any = type("TooDeep", (), {"__bool__": lambda self: False})()
 
 
 def _strict(text: str) -> Any:
     try:
         return json.loads(text)
-    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; deep nesting gives RecursionError
+    except ValueError:  # JSONDecodeError
         return INVALID
+    except RecursionError:  # nesting deeper than the interpreter allows: no answer, and not worth repairing
+        return _TOO_DEEP
 
 
 def load_answer(text: str, repair: bool = False) -> tuple[Any, bool]:
@@ -36,6 +46,8 @@ def load_answer(text: str, repair: bool = False) -> tuple[Any, bool]:
     if type(text) is not str:
         return INVALID, False
     value = _strict(text)
+    if value is _TOO_DEEP:
+        return INVALID, False
     if value is not INVALID or not repair:
         return value, False
     value = _repair(text)
@@ -61,8 +73,12 @@ def _repair(text: str) -> Any:
     if not candidate:
         return INVALID
     value = _strict(candidate)
+    if value is _TOO_DEEP:
+        return INVALID
     if value is not INVALID:
         return value
+    if _depth(candidate) > MAX_REPAIR_DEPTH:
+        return INVALID
     try:
         import json_repair
     except ImportError:  # pragma: no cover - a dependency in requirements.txt
@@ -73,3 +89,16 @@ def _repair(text: str) -> Any:
         return INVALID
     # json_repair answers "" for text with nothing JSON-like in it
     return INVALID if type(value) is str and not value else value
+
+
+def _depth(text: str) -> int:
+    """Bracket nesting depth, brackets inside strings included (an upper bound is all that is needed)."""
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(text):
+        if m.group() in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif depth:
+            depth -= 1
+    return deepest

@@ -42,7 +42,7 @@ def plot_result(result: dict, path: str, title: str = "", max_labels: int = 60) 
         ax.set_xlabel("score (%)")
         ax.set_title(f"per {what} (gold support in brackets)" if labels else f"no {what}s to show")
         if labels:
-            ax.legend(loc="lower right", fontsize="small")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     if title:
         fig.suptitle(title)
     with warnings.catch_warnings():  # "Glyph ... missing from font" when no CJK font is installed

@@ -6,6 +6,7 @@ counts as an error (``错误数``).
 from __future__ import annotations
 
 import json
+import json.scanner
 import re
 from typing import Any
 
@@ -26,13 +27,19 @@ _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)(?:```|\Z)", re.S)
 _TOO_DEEP: Any = type("TooDeep", (), {"__bool__": lambda self: False})()
 
 
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner behind json.loads, without its wrappers
+_WS = re.compile(r"[ \t\n\r]*")
+
+
 def _strict(text: str) -> Any:
+    """Exactly ``json.loads(text)`` (whitespace allowed around one value), INVALID where it would raise."""
     try:
-        return json.loads(text)
-    except ValueError:  # JSONDecodeError
+        value, end = _scan(text, _WS.match(text).end())
+    except (StopIteration, ValueError):  # nothing decodable at the start / JSONDecodeError
         return INVALID
     except RecursionError:  # nesting deeper than the interpreter allows: no answer, and not worth repairing
         return _TOO_DEEP
+    return value if _WS.match(text, end).end() == len(text) else INVALID
 
 
 def load_answer(text: str, repair: bool = False) -> tuple[Any, bool]:

@@ -131,7 +131,7 @@ def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, An
         if opts.task is None:
             task = _resolve_task(rec, path, line, seen)
         if uses_schema is None:
-            uses_schema = getattr(task, "parse_uses_schema", True)
+            uses_schema = getattr(task, "parse_uses_schema", True)  # unknown: decode to be safe
         output = _string_field(rec, "output", path, line)
         rid = _string_field(rec, "id", path, line)
         source = rec.get("source")

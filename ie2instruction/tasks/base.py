@@ -159,6 +159,7 @@ class Task:
     name: str = ""
     label_field: str = ""
     metric: str = "triple"  # "triple": score tuples; "event": score events and arguments separately
+    parse_uses_schema: bool = False  # parse() reads the instruction's schema chunk (evaluation decodes it per line)
     sentences: dict[str, str] = {}
 
     # ---- conversion -----------------------------------------------------------------------------------

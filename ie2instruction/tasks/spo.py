@@ -29,6 +29,7 @@ class SPO(LabelTask):
     name = "SPO"
     label_field = "relation"
     label_keys = ("head", "head_type", "relation", "tail", "tail_type")
+    parse_uses_schema = True  # answer keys are bare predicates; the chunk's schema gives their types
     sentences = {
         "zh": "你是专门进行关系抽取的专家。请从input中抽取出符合schema定义的关系三元组，不存在的关系返回空列表。请按照JSON字符串的格式回答。",
         "en": "You are an expert in relationship extraction. Please extract relationship triples that match the schema definition from the input. Return an empty list for relationships that do not exist. Please respond in the format of a JSON string.",

@@ -1,0 +1,41 @@
+"""Loading the frozen base model and choosing the template, shared by P-Tuning training and inference."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..utils import UsageError
+
+
+def load_base(model_dir: str, dtype=None, template: Optional[str] = None):
+    """``(model, tokenizer, template_name)``: the frozen base model in eval mode, the tokenizer fixed for the
+    template (``template`` None: ``auto`` when the tokenizer has a chat template, else ``default``)."""
+    from transformers import AutoConfig
+
+    from ..args import FinetuningArguments, ModelArguments
+    from ..loader import load_model_and_tokenizer, load_tokenizer
+    from ..template import template_names
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--model_dir {model_dir}: cannot load a model config ({str(exc).splitlines()[0]})") \
+            from None
+    model_args = ModelArguments(model_name_or_path=model_dir, model_name=getattr(config, "model_type", "other"))
+    finetuning_args = FinetuningArguments(finetuning_type="full")
+    if template is None:
+        tokenizer = load_tokenizer(model_args)
+        template = "auto" if getattr(tokenizer, "chat_template", None) else "default"
+    elif template != "auto" and template not in template_names():
+        raise UsageError(f"unknown --template {template!r}; choose one of: auto, " + ", ".join(template_names()))
+    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
+                                                compute_dtype=dtype, template=template)
+    return model, tokenizer, template
+
+
+def cuda_dtype():
+    """bf16 on a GPU that supports it, fp16 on other GPUs, None (fp32) on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

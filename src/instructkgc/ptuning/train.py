@@ -1,0 +1,177 @@
+"""P-Tuning v2 training: ``deepspeed|torchrun|python src/finetuning_pt.py --train_path ... --model_dir ...``.
+
+Trainable key/value prefixes of length ``--pre_seq_len`` in every layer (optionally produced by an MLP,
+``--prefix_projection true``), base weights frozen, trained with the HF Trainer on converted instruction
+records. After every epoch the prefixes are saved to ``<output_dir>/global_step-N`` (as the original did).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..utils import UsageError, fail, get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class PtuningTrainArguments:
+    train_path: str = field(default="data/spo_0.json", metadata={"help": "Converted instruction records "
+                                                                          "(JSON array or JSONL)."})
+    model_dir: Optional[str] = field(default=None, metadata={"help": "Base model folder or hub name."})
+    num_train_epochs: int = field(default=20)
+    train_batch_size: int = field(default=2, metadata={"help": "Micro batch per device."})
+    gradient_accumulation_steps: int = field(default=1)
+    output_dir: str = field(default="output_dir_pt_20/")
+    log_steps: int = field(default=10)
+    max_len: int = field(default=768, metadata={"help": "Maximum tokens of prompt + answer."})
+    max_src_len: int = field(default=450, metadata={"help": "Maximum prompt tokens."})
+    pre_seq_len: int = field(default=16, metadata={"help": "Prefix length (virtual tokens per layer)."})
+    prefix_projection: bool = field(default=True, metadata={"help": "true: prefixes come from a two-layer "
+                                                                    "MLP (reparameterisation); false: trained "
+                                                                    "directly."})
+    prefix_hidden_size: Optional[int] = field(default=None, metadata={"help": "Hidden width of the projection "
+                                                                              "MLP (default: model hidden size)."})
+    template: Optional[str] = field(default=None, metadata={"help": "Prompt template (default: auto when the "
+                                                                    "tokenizer has a chat template, else "
+                                                                    "default)."})
+    learning_rate: float = field(default=2e-2, metadata={"help": "Adam learning rate (the original's 1e-5 "
+                                                                 "barely moves prefixes)."})
+    weight_decay: float = field(default=5e-4)
+    seed: int = field(default=42)
+    checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "A saved global_step-N folder to "
+                                                                          "continue training from."})
+    deepspeed: Optional[str] = field(default=None, metadata={"help": "DeepSpeed config file (optional)."})
+    gradient_checkpointing: bool = field(default=False)
+    local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed / torch launchers."})
+    prompt_text: str = field(default="", metadata={"help": "Unused (kept for old command lines)."})
+
+    def check(self) -> None:
+        if not self.model_dir:
+            raise UsageError("--model_dir is required")
+        if not os.path.isfile(self.train_path):
+            raise UsageError(f"--train_path {self.train_path}: file not found")
+        for name in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "log_steps",
+                     "max_len", "max_src_len", "pre_seq_len"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1")
+        if self.max_src_len >= self.max_len:
+            raise UsageError("--max_src_len must be smaller than --max_len")
+
+
+def parse_args(argv=None) -> PtuningTrainArguments:
+    import sys
+
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(PtuningTrainArguments).parse_args_into_dataclasses(args=argv)
+    args.check()
+    return args
+
+
+def _training_arguments(args: PtuningTrainArguments, dtype):
+    import torch
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=args.output_dir, num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
+        lr_scheduler_type="linear", logging_steps=args.log_steps,
+        logging_first_step=True, save_strategy="no", report_to="none", remove_unused_columns=False,
+        seed=args.seed, use_cpu=not on_gpu, bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16, deepspeed=args.deepspeed, disable_tqdm=True,
+        **_checkpointing(args.gradient_checkpointing),
+    )
+
+
+def _checkpointing(enabled: bool) -> dict:
+    """Activation checkpointing kwargs under the name this transformers version uses."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    if not enabled:
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def train(args: PtuningTrainArguments):
+    """Train the prefixes; returns the trained peft model (its base model is unchanged)."""
+    from types import SimpleNamespace
+
+    from transformers import Trainer, TrainerCallback, set_seed
+
+    from ..data import load_records, make_collator, preprocess_supervised
+    from ..template import get_template_and_fix_tokenizer
+    from .common import cuda_dtype, load_base
+    from .prefix import add_prefix, checkpoint_settings, load_prefix, read_checkpoint_config, save_prefix
+
+    set_seed(args.seed)
+    template_name = args.template
+    if args.checkpoint_dir:
+        read_checkpoint_config(args.checkpoint_dir)
+        template_name = template_name or checkpoint_settings(args.checkpoint_dir).get("template")
+    dtype = cuda_dtype()
+    model, tokenizer, template_name = load_base(args.model_dir, dtype, template_name)
+    template = get_template_and_fix_tokenizer(template_name, tokenizer)
+    if args.checkpoint_dir:
+        saved = read_checkpoint_config(args.checkpoint_dir)
+        if bool(saved.get("prefix_projection")) != args.prefix_projection or \
+                saved.get("num_virtual_tokens") != args.pre_seq_len:
+            logger.warning("continuing from %s: its pre_seq_len %s / prefix_projection %s apply",
+                           args.checkpoint_dir, saved.get("num_virtual_tokens"), saved.get("prefix_projection"))
+        model = load_prefix(model, args.checkpoint_dir, is_trainable=True)
+    else:
+        model = add_prefix(model, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size)
+    if args.gradient_checkpointing:
+        model.get_base_model().config.use_cache = False
+    model.print_trainable_parameters()
+
+    data_args = SimpleNamespace(template=template_name, train_on_prompt=False, system_prompt=None,
+                                cutoff_len=args.max_len, max_target_length=args.max_len - args.max_src_len,
+                                preprocessing_num_workers=None, packing=False, ignore_pad_token_for_loss=True)
+    train_set = preprocess_supervised(load_records(args.train_path), tokenizer, data_args, template, "train")
+    if len(train_set) == 0:
+        raise UsageError(f"{args.train_path}: no usable training records")
+    # Right padding: peft numbers real tokens from the prefix length on, as generation does.
+    tokenizer.padding_side = "right"
+    collator = make_collator(tokenizer, model, data_args)
+    meta = {"model_dir": args.model_dir, "template": template_name, "max_len": args.max_len,
+            "max_src_len": args.max_src_len, "pre_seq_len": model.active_peft_config.num_virtual_tokens,
+            "prefix_projection": model.active_peft_config.prefix_projection, "train_path": args.train_path}
+
+    class SavePerEpoch(TrainerCallback):
+        def on_epoch_end(self, targs, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = os.path.join(args.output_dir, f"global_step-{state.global_step}")
+                save_prefix(model, folder, meta)
+                tokenizer.save_pretrained(folder)
+                logger.info("saved the prefixes to %s", folder)
+
+    trainer = Trainer(model=model, args=_training_arguments(args, dtype), train_dataset=train_set,
+                      data_collator=collator, callbacks=[SavePerEpoch()])
+    result = trainer.train()
+    trainer.log_metrics("train", result.metrics)
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    tokenizer.padding_side = "left"
+    model.eval()
+    return model
+
+
+def main(argv=None) -> None:
+    from ie2instruction.io import InputError
+
+    os.environ.setdefault("WANDB_DISABLED", "true")
+    try:
+        train(parse_args(argv))
+    except (UsageError, InputError) as exc:
+        fail(str(exc))

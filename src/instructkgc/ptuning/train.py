@@ -111,18 +111,17 @@ def train(args: PtuningTrainArguments):
     from ..data import load_records, make_collator, preprocess_supervised
     from ..template import get_template_and_fix_tokenizer
     from .common import cuda_dtype, load_base
-    from .prefix import add_prefix, checkpoint_settings, load_prefix, read_checkpoint_config, save_prefix
+    from .prefix import add_prefix, check_checkpoint, checkpoint_settings, load_prefix, save_prefix
 
     set_seed(args.seed)
     template_name = args.template
-    if args.checkpoint_dir:
-        read_checkpoint_config(args.checkpoint_dir)
+    saved = check_checkpoint(args.checkpoint_dir, args.model_dir) if args.checkpoint_dir else None
+    if saved is not None:
         template_name = template_name or checkpoint_settings(args.checkpoint_dir).get("template")
     dtype = cuda_dtype()
     model, tokenizer, template_name = load_base(args.model_dir, dtype, template_name)
     template = get_template_and_fix_tokenizer(template_name, tokenizer)
-    if args.checkpoint_dir:
-        saved = read_checkpoint_config(args.checkpoint_dir)
+    if saved is not None:
         if bool(saved.get("prefix_projection")) != args.prefix_projection or \
                 saved.get("num_virtual_tokens") != args.pre_seq_len:
             logger.warning("continuing from %s: its pre_seq_len %s / prefix_projection %s apply",
@@ -152,7 +151,6 @@ def train(args: PtuningTrainArguments):
             if state.is_world_process_zero:
                 folder = os.path.join(args.output_dir, f"global_step-{state.global_step}")
                 save_prefix(model, folder, meta)
-                tokenizer.save_pretrained(folder)
                 logger.info("saved the prefixes to %s", folder)
 
     trainer = Trainer(model=model, args=_training_arguments(args, dtype), train_dataset=train_set,

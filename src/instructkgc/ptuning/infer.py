@@ -1,0 +1,134 @@
+"""P-Tuning v2 inference: ``python src/inference_pt.py --test_path ... --ori_model_dir BASE --model_dir CKPT``.
+
+Writes the same JSONL as ``src/inference.py`` (each input record, keys kept, with ``output`` set to the
+model's answer), so ``ie2instruction/eval_func.py`` scores it. Generation is the shared HF engine
+(``instructkgc.infer``) driven through :class:`~instructkgc.ptuning.prefix.PrefixGenerator`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..utils import UsageError, fail, get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class PtuningInferArguments:
+    test_path: str = field(default="data/valid.json", metadata={"help": "Instruction records (JSON or JSONL)."})
+    device: str = field(default="0", metadata={"help": "CUDA device index, or cpu (no GPU: cpu)."})
+    ori_model_dir: Optional[str] = field(default=None, metadata={"help": "The base model the prefixes were "
+                                                                         "trained on."})
+    model_dir: Optional[str] = field(default=None, metadata={"help": "A saved global_step-N folder."})
+    max_len: Optional[int] = field(default=None, metadata={"help": "Prompt + answer tokens (default: the "
+                                                                   "training value)."})
+    max_src_len: Optional[int] = field(default=None, metadata={"help": "Prompt tokens; longer prompts lose the "
+                                                                       "start of their input (default: the "
+                                                                       "training value)."})
+    max_new_tokens: Optional[int] = field(default=None, metadata={"help": "Default: max_len - max_src_len."})
+    output_file: Optional[str] = field(default=None, metadata={"help": "Default: <model_dir>/"
+                                                                       "<test file stem>_output.json."})
+    batch_size: int = field(default=16)
+    template: Optional[str] = field(default=None, metadata={"help": "Default: the template used in training."})
+    resume: bool = field(default=False, metadata={"help": "Keep the answers already in output_file and "
+                                                          "continue after them."})
+    constrained_decoding: bool = field(default=False, metadata={"help": "JSON-schema constrained decoding "
+                                                                        "(xgrammar)."})
+    local_rank: int = field(default=-1, metadata={"help": "Unused (set by launchers)."})
+
+    def resolve(self, saved: dict) -> None:
+        """Fill defaults from the checkpoint's training settings and check the values."""
+        if not self.ori_model_dir:
+            self.ori_model_dir = saved.get("model_dir")
+            if not self.ori_model_dir:
+                raise UsageError("--ori_model_dir is required")
+        self.max_len = self.max_len or saved.get("max_len") or 768
+        self.max_src_len = self.max_src_len or saved.get("max_src_len") or 450
+        self.template = self.template or saved.get("template")
+        if self.max_new_tokens is None:
+            self.max_new_tokens = self.max_len - self.max_src_len
+        if self.max_src_len < 1 or self.max_new_tokens < 1:
+            raise UsageError("--max_src_len must be at least 1 and smaller than --max_len")
+        if self.batch_size < 1:
+            raise UsageError("--batch_size must be at least 1")
+        if not self.output_file:
+            self.output_file = str(Path(self.model_dir) / f"{Path(self.test_path).stem}_output.json")
+
+
+def parse_args(argv=None) -> PtuningInferArguments:
+    import sys
+
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (args,) = HfArgumentParser(PtuningInferArguments).parse_args_into_dataclasses(args=argv)
+    if not args.model_dir:
+        raise UsageError("--model_dir (the P-Tuning checkpoint) is required")
+    return args
+
+
+def _device(name: str):
+    import torch
+
+    if str(name).lower() == "cpu" or not torch.cuda.is_available():
+        if str(name).lower() != "cpu":
+            logger.info("no GPU found: --device %s runs on the CPU", name)
+        return torch.device("cpu")
+    index = str(name).split(",")[0].strip()
+    if not index.isdigit() or int(index) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: no such GPU ({torch.cuda.device_count()} visible)")
+    return torch.device(f"cuda:{index}")
+
+
+def load_ptuned(model_dir: str, ori_model_dir: str, device=None, template: Optional[str] = None):
+    """``(generator, tokenizer, template)``: base model + checked prefixes, ready for the HF engine."""
+    from ..template import get_template_and_fix_tokenizer
+    from .common import cuda_dtype, load_base
+    from .prefix import PrefixGenerator, check_checkpoint, load_prefix
+
+    check_checkpoint(model_dir, ori_model_dir)
+    dtype = cuda_dtype() if device is None or device.type == "cuda" else None
+    model, tokenizer, template = load_base(ori_model_dir, dtype, template)
+    model = load_prefix(model, model_dir, is_trainable=False)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return PrefixGenerator(model), tokenizer, get_template_and_fix_tokenizer(template, tokenizer)
+
+
+def run(args: PtuningInferArguments) -> dict:
+    """Predict every record of ``test_path``; returns counts."""
+    from ..infer.engine import SamplingSettings
+    from ..infer.hf_engine import HFEngine
+    from ..template import stop_token_ids
+    from .prefix import checkpoint_settings, read_checkpoint_config
+    from .records import predict_records, read_test_records
+
+    read_checkpoint_config(args.model_dir)
+    args.resolve(checkpoint_settings(args.model_dir))
+    if not os.path.isfile(args.test_path):
+        raise UsageError(f"--test_path {args.test_path}: file not found")
+    records = read_test_records(args.test_path)
+    generator, tokenizer, template = load_ptuned(args.model_dir, args.ori_model_dir, _device(args.device),
+                                                 args.template)
+    engine = HFEngine(generator, tokenizer, stop_token_ids(template, tokenizer),
+                      SamplingSettings(max_new_tokens=args.max_new_tokens), batch_size=args.batch_size,
+                      constrained=args.constrained_decoding)
+    counts = predict_records(engine, template, tokenizer, records, args.output_file,
+                             cutoff_len=args.max_src_len, resume=args.resume,
+                             constrained=args.constrained_decoding, batch_size=args.batch_size)
+    logger.info("%s", json.dumps(counts))
+    return counts
+
+
+def main(argv=None) -> None:
+    from ie2instruction.io import InputError
+
+    try:
+        run(parse_args(argv))
+    except (UsageError, InputError) as exc:
+        fail(str(exc))

@@ -117,8 +117,13 @@ def test_training_fits_answers_and_keeps_base_weights(trained, sharp_model_dir, 
     assert exact >= 0.8, [r["output"] for r in rows]
 
 
-def test_projection_save_load_and_continue(sharp_model_dir, data_file, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_projection_save_load_and_continue(arch, request, data_file, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from instructkgc.ptuning.prefix import checkpoint_settings
+
+    sharp_model_dir = request.getfixturevalue("sharp_model_dir" if arch == "llama" else "tiny_qwen_dir")
 
     from instructkgc.infer.engine import SamplingSettings
     from instructkgc.infer.hf_engine import HFEngine
@@ -134,7 +139,7 @@ def test_projection_save_load_and_continue(sharp_model_dir, data_file, tmp_path)
     assert json.loads((ckpt / "adapter_config.json").read_text())["prefix_projection"] is True
 
     tokenizer = AutoTokenizer.from_pretrained(sharp_model_dir)
-    template = get_template_and_fix_tokenizer("default", tokenizer)
+    template = get_template_and_fix_tokenizer(checkpoint_settings(ckpt)["template"], tokenizer)
     prompts = [build_prompt_ids(template, tokenizer, r, 128)[0] for r in _records()]
 
     def answers(peft_model):
@@ -261,3 +266,19 @@ def test_seed_readme_commands(tiny_model_dir, data_file, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "F1" in done.stdout + done.stderr
+
+
+def test_template_default_follows_chat_template(tiny_qwen_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from instructkgc.ptuning.common import load_base
+
+    assert load_base(tiny_qwen_dir)[2] == "default"  # no chat template
+    chat = tmp_path / "chat"
+    shutil.copytree(tiny_qwen_dir, chat)
+    tokenizer = AutoTokenizer.from_pretrained(chat)
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer.save_pretrained(chat)
+    assert load_base(str(chat))[2] == "auto"
+    assert load_base(str(chat), template="qwen")[2] == "qwen"

@@ -43,7 +43,6 @@ class PtuningTrainArguments:
     checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "A saved global_step-N folder to "
                                                                           "continue training from."})
     deepspeed: Optional[str] = field(default=None, metadata={"help": "DeepSpeed config file (optional)."})
-    gradient_checkpointing: bool = field(default=False)
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed / torch launchers."})
     prompt_text: str = field(default="", metadata={"help": "Unused (kept for old command lines)."})
 
@@ -85,21 +84,7 @@ def _training_arguments(args: PtuningTrainArguments, dtype):
         logging_first_step=True, save_strategy="no", report_to="none", remove_unused_columns=False,
         seed=args.seed, use_cpu=not on_gpu, bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16, deepspeed=args.deepspeed, disable_tqdm=True,
-        **_checkpointing(args.gradient_checkpointing),
     )
-
-
-def _checkpointing(enabled: bool) -> dict:
-    """Activation checkpointing kwargs under the name this transformers version uses."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    if not enabled:
-        return {}
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def train(args: PtuningTrainArguments):
@@ -129,8 +114,6 @@ def train(args: PtuningTrainArguments):
         model = load_prefix(model, args.checkpoint_dir, is_trainable=True)
     else:
         model = add_prefix(model, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size)
-    if args.gradient_checkpointing:
-        model.get_base_model().config.use_cache = False
     model.print_trainable_parameters()
 
     data_args = SimpleNamespace(template=template_name, train_on_prompt=False, system_prompt=None,

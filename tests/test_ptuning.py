@@ -221,6 +221,10 @@ def test_resume_bad_input_and_constrained(trained, sharp_model_dir, data_file, t
                            capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad}:2:")
     assert not (tmp_path / "o.json").exists()
+    code, err = _main_exit(pt_train.main, ["--train_path", str(bad), "--model_dir", sharp_model_dir,
+                                           "--output_dir", str(tmp_path / "t")], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad}:2:")
+    assert not (tmp_path / "t").exists()
 
     pytest.importorskip("xgrammar")
     rows = _predict(ckpt, sharp_model_dir, data_file, tmp_path / "c.json", "--constrained_decoding", "true",

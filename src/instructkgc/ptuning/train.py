@@ -57,6 +57,12 @@ class PtuningTrainArguments:
                 raise UsageError(f"--{name} must be at least 1")
         if self.max_src_len >= self.max_len:
             raise UsageError("--max_src_len must be smaller than --max_len")
+        if self.deepspeed:
+            from ..args import deepspeed_zero_stage
+
+            if deepspeed_zero_stage(self.deepspeed) == 3:
+                raise UsageError("--deepspeed: ZeRO stage 3 is not supported for P-Tuning (it partitions the "
+                                 "prefixes); use stage 1 or 2")
 
 
 def parse_args(argv=None) -> PtuningTrainArguments:
@@ -99,6 +105,7 @@ def train(args: PtuningTrainArguments):
     from .prefix import add_prefix, check_checkpoint, checkpoint_settings, load_prefix, save_prefix
 
     set_seed(args.seed)
+    records = load_records(args.train_path)  # bad input fails before any model loads
     template_name = args.template
     saved = check_checkpoint(args.checkpoint_dir, args.model_dir) if args.checkpoint_dir else None
     if saved is not None:
@@ -119,7 +126,7 @@ def train(args: PtuningTrainArguments):
     data_args = SimpleNamespace(template=template_name, train_on_prompt=False, system_prompt=None,
                                 cutoff_len=args.max_len, max_target_length=args.max_len - args.max_src_len,
                                 preprocessing_num_workers=None, packing=False, ignore_pad_token_for_loss=True)
-    train_set = preprocess_supervised(load_records(args.train_path), tokenizer, data_args, template, "train")
+    train_set = preprocess_supervised(records, tokenizer, data_args, template, "train")
     if len(train_set) == 0:
         raise UsageError(f"{args.train_path}: no usable training records")
     # Right padding: peft numbers real tokens from the prefix length on, as generation does.

@@ -121,7 +121,12 @@ def run(args: PtuningInferArguments) -> dict:
     counts = predict_records(engine, template, tokenizer, records, args.output_file,
                              cutoff_len=args.max_src_len, resume=args.resume,
                              constrained=args.constrained_decoding, batch_size=args.batch_size)
-    logger.info("%s", json.dumps(counts))
+    logger.info("wrote %s: %s", args.output_file, json.dumps(counts))
+    for key, what in (("truncated_prompts", "prompts were cut to --max_src_len"),
+                      ("cut_off", "answers were cut off by --max_new_tokens"),
+                      ("invalid_json", "answers are not valid JSON")):
+        if counts[key]:
+            logger.warning("%d of %d %s", counts[key], counts["generated"], what)
     return counts
 
 

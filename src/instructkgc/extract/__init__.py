@@ -1,0 +1,1 @@
+"""``instructkgc extract``: text + schema in, knowledge graph out (windowing, grounding, merging, export)."""

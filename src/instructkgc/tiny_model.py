@@ -105,7 +105,10 @@ def build_tiny_model(out_dir, arch: str = "llama", vocab_size: int = 6000, seed:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = _train_tokenizer(arch, corpus(data_root or REPO_ROOT), vocab_size)
-    if arch == "llama":
+    if arch == "llama":  # SentencePiece-style byte fallback: unseen characters become <0xXX> byte tokens
+        vocab = dict(vocab)
+        for byte in range(256):
+            vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
         tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, legacy=False)
         config_cls, extra = LlamaConfig, {}
     else:

@@ -1,0 +1,141 @@
+"""``instructkgc extract``: arguments, model/engine set-up, and the run with its summary on stderr.
+
+Everything the user gives is checked before the model is loaded: documents, schema, task, output path,
+format libraries. Bad input: one line on stderr, exit status 2, no output written.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+from ie2instruction.io import InputError, fail
+from ie2instruction.tasks import TASKS, get_task
+
+from ..utils import UsageError
+from .documents import load_schema, read_documents
+from .export import DEFAULT_BASE_IRI, FORMATS, check_format, check_output, write_results
+from .ground import result_field
+
+DEFAULT_SPLIT_NUM = {"NER": 6, "RE": 4, "SPO": 4, "EE": 4, "EET": 4, "EEA": 4, "KG": 1}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--task", required=True, type=str.upper, choices=list(TASKS))
+    p.add_argument("--schema", required=True,
+                   help="schema file (convert_func's 3-line format) or inline JSON: '[\"person\", \"org\"]'; "
+                        "for EE/EEA/KG an object type -> roles / attributes")
+    p.add_argument("--input", required=True,
+                   help="text file (one document per line), JSONL/JSON with a 'text' field, or - for stdin")
+    p.add_argument("--input_format", default="auto", choices=["auto", "text", "jsonl"])
+    p.add_argument("--output", required=True, help="output file (- for stdout); a directory for --format neo4j")
+    p.add_argument("--format", default="jsonl", choices=FORMATS)
+    p.add_argument("--model_name_or_path", required=True)
+    p.add_argument("--checkpoint_dir", default=None, help="comma-separated LoRA adapter folders")
+    p.add_argument("--model_name", default="llama", help="architecture name (as for src/inference.py)")
+    p.add_argument("--template", default="alpaca", help="prompt template name, or 'auto' (chat_template)")
+    p.add_argument("--system_prompt", default=None, help="override the template's system text")
+    p.add_argument("--language", default="auto", choices=["auto", "zh", "en"],
+                   help="language of the instruction sentence; auto: zh for documents that are mostly CJK")
+    p.add_argument("--split_num", type=int, default=None,
+                   help="most schema items per instruction, -1: no split (default: NER 6, KG 1, others 4)")
+    p.add_argument("--cutoff_len", type=int, default=512, help="most prompt tokens; longer texts are windowed")
+    p.add_argument("--window_overlap", type=int, default=64,
+                   help="tokens of text shared by consecutive windows (at most half a window)")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    p.add_argument("--bits", type=int, default=16, choices=[4, 8, 16, 32])
+    p.add_argument("--constrained_decoding", action=argparse.BooleanOptionalAction, default=None,
+                   help="JSON-schema constrained decoding (default: on when xgrammar is installed)")
+    p.add_argument("--keep_ungrounded", action="store_true",
+                   help="keep extracted spans that do not occur in the text (with null offsets)")
+    p.add_argument("--base_iri", default=DEFAULT_BASE_IRI, help="namespace of the IRIs in --format turtle")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="instructkgc extract", description=__doc__.splitlines()[0]))
+
+
+def _check(args) -> None:
+    if args.split_num is not None and (args.split_num == 0 or args.split_num < -1):
+        raise UsageError(f"--split_num must be -1 (no split) or at least 1, got {args.split_num}")
+    for name in ("cutoff_len", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    if args.window_overlap < 0:
+        raise UsageError("--window_overlap must be >= 0")
+    check_format(args.format)
+    check_output(args.output, args.format)
+
+
+def _constrained(args) -> bool:
+    if args.constrained_decoding is not None:
+        return args.constrained_decoding
+    return args.backend == "vllm" or importlib.util.find_spec("xgrammar") is not None
+
+
+def load_engine(args, constrained: bool):
+    """Model, tokenizer, template and engine for ``args`` (``create_engine`` of instructkgc.infer)."""
+    from ..args import FinetuningArguments, ModelArguments
+    from ..infer.engine import SamplingSettings, create_engine
+    from ..loader import load_model_and_tokenizer
+    from ..template import get_template_and_fix_tokenizer, stop_token_ids
+
+    model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_name=args.model_name,
+                                checkpoint_dir=args.checkpoint_dir, bits=args.bits)
+    finetuning_args = FinetuningArguments(finetuning_type="lora")
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
+    if args.backend == "hf":
+        model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
+                                                    template=args.template)
+        template = get_template_and_fix_tokenizer(args.template, tokenizer)
+        engine = create_engine("hf", model=model, tokenizer=tokenizer,
+                               stop_token_ids=stop_token_ids(template, tokenizer), settings=settings,
+                               batch_size=args.batch_size, constrained=constrained)
+        return engine, tokenizer, template
+    from ..loader import load_tokenizer
+
+    tokenizer = load_tokenizer(model_args, finetuning_args)
+    template = get_template_and_fix_tokenizer(args.template, tokenizer)
+    engine = create_engine("vllm", model_args=model_args, tokenizer=tokenizer,
+                           stop_token_ids=stop_token_ids(template, tokenizer), settings=settings,
+                           batch_size=args.batch_size, constrained=constrained)
+    return engine, tokenizer, template
+
+
+def run(args, engine=None, tokenizer=None, template=None) -> dict:
+    """Run ``extract``; returns the summary. ``engine``/``tokenizer``/``template`` replace loading a model."""
+    from .pipeline import Extractor, PromptBuilder
+
+    _check(args)
+    task = get_task(args.task)
+    schema = load_schema(task, args.schema)
+    docs = read_documents(args.input, args.input_format)
+    constrained = _constrained(args)
+    if engine is None:
+        engine, tokenizer, template = load_engine(args, constrained)
+    split_num = args.split_num if args.split_num is not None else DEFAULT_SPLIT_NUM[task.name]
+    builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
+    extractor = Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
+                          block_size=max(64, 4 * args.batch_size))
+    results = extractor.run(docs)
+    write_results(results, args.output, args.format, args.base_iri)
+    summary = extractor.summary
+    for line in summary.lines(task.name, result_field(task.name), args.keep_ungrounded):
+        print(line, file=sys.stderr)
+    where = args.output if args.output != "-" else "stdout"
+    print(f"extract {task.name}: wrote {args.format} to {where}", file=sys.stderr)
+    return summary.__dict__
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except InputError as err:
+        fail(err)
+    except UsageError as err:
+        fail(InputError(None, None, str(err).splitlines()[0] if str(err) else "invalid arguments"))
+    return 0

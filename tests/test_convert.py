@@ -149,7 +149,8 @@ def test_unlabelled_test_input(tmp_path, task):
                    encoding="utf-8")
     schema = ROOT / "data" / task / "schema_en.json"
     out = lines(do_convert(tmp_path, task, "test", src=src, schema=schema, split_num=-1))
-    assert len(out) == 2
+    assert len({r["id"] for r in out}) == 2
+    assert len(out) == 2 or task == "SPO"  # SPO: a predicate shared by two schema items is asked twice
     assert all("label" not in r for r in out)
     assert all(json.loads(r["instruction"])["schema"] for r in out)
 
@@ -213,8 +214,9 @@ def _texts_schemas(path):
     out = {}
     for r in lines(path):
         ins = json.loads(r["instruction"])
-        out.setdefault(ins["input"], []).extend(json.dumps(s, ensure_ascii=False, sort_keys=True)
-                                                for s in ins["schema"])
+        out.setdefault(ins["input"], []).extend(
+            json.dumps({k: sorted(v) if isinstance(v, list) else v for k, v in s.items()} if isinstance(s, dict)
+                       else s, ensure_ascii=False, sort_keys=True) for s in ins["schema"])
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -230,8 +232,7 @@ def test_random_modes_are_seeded(tmp_path, task):
     s = do_convert(tmp_path, task, "train", src=src, schema=schema, name="s")
     r = do_convert(tmp_path, task, "train", src=src, schema=schema, name="r", random_sort=True)
     assert s.read_bytes() != r.read_bytes()
-    if task != "EE":  # EE also shuffles the roles inside each item
-        assert _texts_schemas(s) == _texts_schemas(r)
+    assert _texts_schemas(s) == _texts_schemas(r)
 
 
 @needs_shared

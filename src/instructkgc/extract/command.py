@@ -21,7 +21,7 @@ DEFAULT_SPLIT_NUM = {"NER": 6, "RE": 4, "SPO": 4, "EE": 4, "EET": 4, "EEA": 4, "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--task", required=True, type=str.upper, choices=list(TASKS))
+    p.add_argument("--task", required=True, help=", ".join(TASKS))
     p.add_argument("--schema", required=True,
                    help="schema file (convert_func's 3-line format) or inline JSON: '[\"person\", \"org\"]'; "
                         "for EE/EEA/KG an object type -> roles / attributes")
@@ -110,7 +110,10 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
     from .pipeline import Extractor, PromptBuilder
 
     _check(args)
-    task = get_task(args.task)
+    try:
+        task = get_task(args.task)
+    except ValueError as err:
+        raise UsageError(f"--task: {err}") from None
     schema = load_schema(task, args.schema)
     docs = read_documents(args.input, args.input_format)
     constrained = _constrained(args)

@@ -1,0 +1,199 @@
+"""Schema-constrained decoding with xgrammar for the HF engine.
+
+Every batch row gets its own ``GrammarMatcher`` compiled from the row's JSON Schema (compiled grammars are
+cached by the schema's JSON text). Each step the allowed-token bitmask is applied to the logits, so the
+answer can only be JSON of the schema's shape, written with ``json.dumps`` spacing (``", "`` / ``": "``).
+
+A grammar alone cannot stop a weak model from writing one string forever until ``max_new_tokens`` cuts it
+off (invalid JSON). Near the end of the budget a *closing policy* takes over: on a fork of the matcher it
+finds a short text that completes the JSON (:meth:`GrammarCache.closing_text`) and spells it in tokens;
+whenever the model's own choice would leave too few tokens for that, the first closing token is forced. With
+greedy decoding the answer is therefore complete whenever ``max_new_tokens`` is at least the length of the
+shortest valid answer; with sampling the check uses the arg-max token, and a cut answer is still counted by
+the engine (``Generation.finished``), never silent.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+from ..utils import UsageError
+
+EXTRA = "pip install 'instructkgc[constrained]'"
+_CLOSERS = ("]", "}", "[", '"', "{", "0", "null")  # tried in this order outside strings
+
+
+def require_xgrammar():
+    """Import xgrammar or raise a one-line UsageError naming the extra."""
+    try:
+        import xgrammar
+    except ImportError:
+        raise UsageError(f"--constrained_decoding needs xgrammar: {EXTRA}") from None
+    return xgrammar
+
+
+class GrammarCache:
+    """Tokenizer info, a grammar compiler and compiled grammars (cached by schema) for one model."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
+        xgr = require_xgrammar()
+        self.xgr = xgr
+        self.vocab_size = vocab_size
+        self.stop_token_ids = list(stop_token_ids)
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+                                                       stop_token_ids=self.stop_token_ids)
+        self.compiler = xgr.GrammarCompiler(self.info)
+        self._grammars: dict[str, object] = {}
+        special = set(self.info.special_token_ids)
+        self.by_bytes: dict[bytes, int] = {}
+        for tid, raw in enumerate(self.info.decoded_vocab[:vocab_size]):
+            raw = bytes(raw)
+            if raw and tid not in special:
+                self.by_bytes.setdefault(raw, tid)
+        self.max_token_bytes = min(max(map(len, self.by_bytes), default=1), 64)
+
+    def closing_text(self, matcher, limit: int) -> Optional[str]:
+        """A short text that completes the JSON from ``matcher``'s state (the state is not changed).
+
+        Character by character: forced text (keys, separators) is taken as xgrammar's jump-forward string;
+        inside a string a quote closes it; otherwise ``]`` / ``}`` close a container; a value still owed
+        is the emptiest one (``[]``, ``""``, ``{}``, ``0``, ``null``).
+        """
+        sim = matcher.fork()
+        out: list[str] = []
+        for _ in range(4 * limit + 16):
+            if sim.is_completed():
+                return "".join(out)
+            try:
+                forced = sim.find_jump_forward_string()
+            except UnicodeDecodeError:  # in the middle of a multi-byte character: the model must finish it
+                return None
+            if forced:
+                sim.accept_string(forced)
+                out.append(forced)
+                continue
+            probe = sim.fork()
+            if probe.accept_string('"') and not probe.fork().accept_string("a"):
+                sim, step = probe, '"'  # the quote ended a string
+            else:
+                step = next((c for c in _CLOSERS if sim.fork().accept_string(c)), None)
+                if step is None:
+                    return None
+                sim.accept_string(step)
+            out.append(step)
+        return None
+
+    def spell(self, matcher, text: str, limit: int) -> Optional[list[int]]:
+        """Tokens (longest vocabulary match first) that ``matcher`` accepts and that spell ``text``."""
+        sim = matcher.fork()
+        data, pos, tokens = text.encode("utf-8"), 0, []
+        while pos < len(data):
+            if len(tokens) >= limit:
+                return None
+            for size in range(min(self.max_token_bytes, len(data) - pos), 0, -1):
+                tid = self.by_bytes.get(data[pos:pos + size])
+                if tid is not None and sim.accept_token(tid):
+                    tokens.append(tid)
+                    pos += size
+                    break
+            else:
+                return None
+        return tokens
+
+    def grammar(self, schema: dict):
+        key = json.dumps(schema, sort_keys=False, ensure_ascii=False)
+        compiled = self._grammars.get(key)
+        if compiled is None:
+            compiled = self.compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+            self._grammars[key] = compiled
+        return compiled
+
+    def matcher(self, schema: dict):
+        return self.xgr.GrammarMatcher(self.grammar(schema))
+
+
+class JsonSchemaProcessor(LogitsProcessor):
+    """Constrain each row of one ``generate`` call to its JSON Schema (``None`` leaves a row free).
+
+    Create one per ``generate`` call. ``prompt_len`` is the (padded) prompt width of the batch.
+    """
+
+    CHECK_EVERY = 16  # steps between estimates of the closing length outside the end zone
+    SLACK = 48  # the end zone: remaining budget <= last closing estimate + SLACK
+
+    def __init__(self, cache: GrammarCache, schemas: Sequence[Optional[dict]], prompt_len: int,
+                 max_new_tokens: int, pad_token_id: int):
+        self.cache = cache
+        self.matchers = [cache.matcher(s) if s is not None else None for s in schemas]
+        self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
+        self.prompt_len = prompt_len
+        self.max_new_tokens = max_new_tokens
+        self.pad_token_id = pad_token_id
+        self.bitmask = cache.xgr.allocate_token_bitmask(len(schemas), cache.vocab_size)
+        self.closing_estimate = [0] * len(schemas)
+        self.forced = 0  # tokens chosen by the closing policy (for diagnostics)
+
+    # ---- the closing policy -------------------------------------------------------------------------
+    def closing_length(self, matcher, limit: int) -> tuple[int, int]:
+        """Tokens the closing policy needs to finish from ``matcher``'s state (stop token included) and the
+        first of them; ``(limit + 1, None)`` when it needs more than ``limit`` or finds no way."""
+        if matcher.is_terminated():
+            return 0, self.pad_token_id
+        text = self.cache.closing_text(matcher, limit)
+        tokens = None if text is None else self.cache.spell(matcher, text, limit)
+        if tokens is None:
+            return limit + 1, None
+        tokens.append(self.cache.stop_token_ids[0])
+        return len(tokens), tokens[0]
+
+    # ---- the processor ------------------------------------------------------------------------------
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_len
+        remaining = self.max_new_tokens - step
+        active = []
+        for i in self.rows:
+            m = self.matchers[i]
+            if step > 0 and not m.is_terminated():
+                m.accept_token(int(input_ids[i, -1]))  # always allowed: the token was masked last step
+            if m.is_terminated():
+                scores[i].fill_(float("-inf"))
+                scores[i, self.pad_token_id] = 0.0  # finished rows only produce padding
+            else:
+                m.fill_next_token_bitmask(self.bitmask, i)
+                active.append(i)
+        if not active:
+            return scores
+        on_cpu = scores.device.type == "cpu"
+        work = scores if on_cpu else scores.float().cpu()
+        self.cache.xgr.apply_token_bitmask_inplace(work, self.bitmask, vocab_size=self.cache.vocab_size,
+                                                   indices=active)
+        for i in active:
+            self._keep_closable(i, work, step, remaining)
+        if not on_cpu:
+            scores.copy_(work.to(scores.device, scores.dtype))
+        return scores
+
+    def _keep_closable(self, i: int, scores: torch.Tensor, step: int, remaining: int) -> None:
+        m = self.matchers[i]
+        in_zone = remaining <= self.closing_estimate[i] + self.SLACK
+        if not in_zone:
+            if step % self.CHECK_EVERY == 0:
+                self.closing_estimate[i], _ = self.closing_length(m, remaining)
+            return
+        choice = int(scores[i].argmax())
+        after = m.fork()
+        if after.accept_token(choice):
+            need, _ = self.closing_length(after, remaining)
+            if 1 + need <= remaining:
+                self.closing_estimate[i] = need
+                return
+        need, token = self.closing_length(m, remaining)
+        self.closing_estimate[i] = need
+        if token is None:
+            return  # no closing text from here (e.g. inside a multi-byte character): keep the model's choice
+        scores[i].fill_(float("-inf"))
+        scores[i, token] = 0.0
+        self.forced += 1

@@ -1,0 +1,103 @@
+"""Batched generation with Hugging Face ``generate``: left padding, length-sorted batches, stop words."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from transformers import GenerationConfig
+
+from ..utils import UsageError
+from .engine import Engine, Generation, ProgressCallback, SamplingSettings
+
+
+class HFEngine(Engine):
+    """Generate with a loaded ``model`` / ``tokenizer``.
+
+    Prompts are sorted by length (longest first, so memory problems show up at once) and cut into batches of
+    ``batch_size``; each batch is left-padded, with the attention mask telling the model which positions are
+    padding (position ids follow from it), so greedy answers equal one-prompt-at-a-time answers. Generation
+    stops at any of ``stop_token_ids`` (the template's stop words plus eos).
+    """
+
+    def __init__(self, model, tokenizer, stop_token_ids: Sequence[int], settings: SamplingSettings,
+                 batch_size: int = 16, constrained: bool = False):
+        if batch_size < 1:
+            raise UsageError("--batch_size must be at least 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_token_ids = list(dict.fromkeys(int(t) for t in stop_token_ids))
+        if not self.stop_token_ids:
+            raise UsageError("the tokenizer has no eos token and the template no stop words")
+        self.settings = settings
+        self.batch_size = batch_size
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.stop_token_ids[0])
+        self.grammars = None
+        if constrained:
+            if settings.num_beams != 1:
+                raise UsageError("--constrained_decoding works with --num_beams 1 only")
+            from .constrained import GrammarCache
+
+            vocab = model.get_output_embeddings().weight.shape[0]
+            self.grammars = GrammarCache(tokenizer, vocab, self.stop_token_ids)
+        self.config = self._generation_config()
+
+    def _generation_config(self) -> GenerationConfig:
+        s = self.settings
+        kwargs = dict(max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, do_sample=s.do_sample,
+                      repetition_penalty=s.repetition_penalty, no_repeat_ngram_size=s.no_repeat_ngram_size,
+                      eos_token_id=self.stop_token_ids, pad_token_id=self.pad_token_id,
+                      bos_token_id=self.tokenizer.bos_token_id)
+        if s.min_new_tokens:
+            kwargs["min_new_tokens"] = s.min_new_tokens
+        if s.num_beams > 1:
+            kwargs["length_penalty"] = s.length_penalty
+        if s.do_sample:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+        else:  # greedy: the model's own sampling defaults must not leak in
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return GenerationConfig(**kwargs)
+
+    @torch.inference_mode()
+    def generate(self, prompts, json_schemas=None, progress: Optional[ProgressCallback] = None):
+        if json_schemas is not None and any(s is not None for s in json_schemas) and self.grammars is None:
+            raise UsageError("JSON schemas given to an engine created without constrained=True")
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[Optional[Generation]] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            schemas = [json_schemas[i] for i in rows] if json_schemas is not None else None
+            batch = self._generate_batch([prompts[i] for i in rows], schemas)
+            for i, gen in zip(rows, batch):
+                results[i] = gen
+            if progress is not None:
+                progress(len(rows), sum(g.num_tokens for g in batch))
+        return results
+
+    def _generate_batch(self, prompts: list[list[int]], schemas) -> list[Generation]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        processors = []
+        if schemas is not None and any(s is not None for s in schemas):
+            from .constrained import JsonSchemaProcessor
+
+            processors.append(JsonSchemaProcessor(self.grammars, schemas, width, self.settings.max_new_tokens,
+                                                  self.pad_token_id))
+        device = self.model.device
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  generation_config=self.config, logits_processor=processors or None)
+        return [self._decode(row) for row in out[:, width:].tolist()]
+
+    def _decode(self, tokens: list[int]) -> Generation:
+        stops = set(self.stop_token_ids)
+        end = next((k for k, t in enumerate(tokens) if t in stops), None)
+        kept = tokens if end is None else tokens[:end]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Generation(text=text, num_tokens=len(kept) + (end is not None), finished=end is not None)
+
+    def close(self) -> None:
+        self.model = None

@@ -198,10 +198,10 @@ def test_turtle_parses_back_with_rdflib():
     docs = set(g.subjects(rdflib.URIRef(base + "mentions"), obama))
     assert {str(d).rsplit("/", 1)[1] for d in docs} == {"d2", "d3", "d5"}  # one node across documents
     born = rdflib.URIRef(base + "relation/born%20in")
-    assert (rdflib.URIRef(base + "entity//Obama"), born, rdflib.URIRef(base + "entity//Hawaii")) in g
+    assert (rdflib.URIRef(base + "entity/Obama"), born, rdflib.URIRef(base + "entity/Hawaii")) in g
     event = rdflib.URIRef(base + "event/d4/1")
     assert (event, RDF.type, rdflib.URIRef(base + "type/attack")) in g
-    assert (event, rdflib.URIRef(base + "role/attacker"), rdflib.URIRef(base + "entity//army")) in g
+    assert (event, rdflib.URIRef(base + "role/attacker"), rdflib.URIRef(base + "entity/army")) in g
     assert (obama, rdflib.URIRef(base + "attribute/birthplace"), rdflib.Literal("Hawaii")) in g
 
 
@@ -298,3 +298,16 @@ def test_jsonl_input_keeps_fields_and_ids(tmp_path, tokenizer):
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(x["id"], x.get("source")) for x in lines] == [("a", "s1"), ("2", None)]
     assert lines[1]["entities"] == [{"text": "Agent002", "type": "person", "start": 0, "end": 8}]
+
+
+def test_missing_graph_library_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rdflib", None)
+    src = tmp_path / "in.txt"
+    src.write_text("Obama.\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["--task", "NER", "--schema", '["person"]', "--input", str(src), "--output", str(tmp_path / "g.ttl"),
+              "--format", "turtle", "--model_name_or_path", str(tmp_path / "no-model")])
+    assert exc.value.code == 2
+    assert "pip install 'instructkgc[graph]'" in capsys.readouterr().err

@@ -83,7 +83,8 @@ class GraphModel:
         self.edges.setdefault((source, etype, target), Edge(source, etype, target, kind))
 
     def entity(self, name: str, etype: str = "") -> str:
-        return self.node(Node(f"entity/{_q(etype)}/{_q(name)}", "Entity", name, etype))
+        path = f"entity/{_q(etype)}/{_q(name)}" if etype else f"entity/{_q(name)}"
+        return self.node(Node(path, "Entity", name, etype))
 
     def add(self, result: dict) -> None:
         doc = self.node(Node(f"document/{_q(str(result['id']))}", "Document", str(result["id"])))
@@ -121,6 +122,8 @@ def to_turtle(model: GraphModel, base_iri: str) -> str:
     ns = rdflib.Namespace(base_iri)
     g = rdflib.Graph()
     g.bind("kg", ns)
+    for prefix in ("type", "relation", "role", "attribute"):
+        g.bind(prefix, rdflib.Namespace(f"{base_iri}{prefix}/"))
     Literal, URIRef = rdflib.Literal, rdflib.URIRef
     iri = lambda path: URIRef(base_iri + path)  # noqa: E731
     declared: set[str] = set()
@@ -143,12 +146,12 @@ def to_turtle(model: GraphModel, base_iri: str) -> str:
             g.add((s, RDF.type, cls(node.type)))
         if node.kind == "Event" and node.props.get("trigger"):
             g.add((s, ns.trigger, Literal(node.props["trigger"])))
-    prefix = {"relation": "relation/", "role": "role/", "attribute": "attribute/"}
+    paths = {"relation": "relation/", "role": "role/", "attribute": "attribute/"}
     for e in model.edges.values():
         if e.kind == "mentions":
             g.add((iri(e.source), ns.mentions, iri(e.target)))
             continue
-        pred = iri(prefix[e.kind] + _q(e.type))
+        pred = iri(paths[e.kind] + _q(e.type))
         g.add((pred, RDFS.label, Literal(e.type)))
         target = Literal(model.nodes[e.target].name) if e.kind == "attribute" else iri(e.target)
         g.add((iri(e.source), pred, target))

@@ -66,6 +66,10 @@ def _check(args) -> None:
             raise UsageError(f"--{name} must be at least 1")
     if args.window_overlap < 0:
         raise UsageError("--window_overlap must be >= 0")
+    from ..template import template_names
+
+    if args.template != "auto" and args.template not in template_names():
+        raise UsageError(f"unknown --template {args.template!r}; choose one of: auto, " + ", ".join(template_names()))
     check_format(args.format)
     check_output(args.output, args.format)
 
@@ -77,32 +81,17 @@ def _constrained(args) -> bool:
 
 
 def load_engine(args, constrained: bool):
-    """Model, tokenizer, template and engine for ``args`` (``create_engine`` of instructkgc.infer)."""
-    from ..args import FinetuningArguments, ModelArguments
-    from ..infer.engine import SamplingSettings, create_engine
-    from ..loader import load_model_and_tokenizer
-    from ..template import get_template_and_fix_tokenizer, stop_token_ids
+    """``(engine, tokenizer, template)`` through ``instructkgc.inference.build_engine`` (as src/inference.py)."""
+    from ..args import DataArguments, FinetuningArguments, GenerationArguments, InferArguments, ModelArguments
+    from ..inference import build_engine
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_name=args.model_name,
                                 checkpoint_dir=args.checkpoint_dir, bits=args.bits)
-    finetuning_args = FinetuningArguments(finetuning_type="lora")
-    settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
-    if args.backend == "hf":
-        model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
-                                                    template=args.template)
-        template = get_template_and_fix_tokenizer(args.template, tokenizer)
-        engine = create_engine("hf", model=model, tokenizer=tokenizer,
-                               stop_token_ids=stop_token_ids(template, tokenizer), settings=settings,
-                               batch_size=args.batch_size, constrained=constrained)
-        return engine, tokenizer, template
-    from ..loader import load_tokenizer
-
-    tokenizer = load_tokenizer(model_args, finetuning_args)
-    template = get_template_and_fix_tokenizer(args.template, tokenizer)
-    engine = create_engine("vllm", model_args=model_args, tokenizer=tokenizer,
-                           stop_token_ids=stop_token_ids(template, tokenizer), settings=settings,
-                           batch_size=args.batch_size, constrained=constrained)
-    return engine, tokenizer, template
+    data_args = DataArguments(template=args.template, cutoff_len=args.cutoff_len)
+    generating_args = GenerationArguments(max_new_tokens=args.max_new_tokens)
+    infer_args = InferArguments(batch_size=args.batch_size, backend=args.backend, constrained_decoding=constrained)
+    return build_engine(model_args, data_args, FinetuningArguments(finetuning_type="lora"), generating_args,
+                        infer_args)
 
 
 def run(args, engine=None, tokenizer=None, template=None) -> dict:

@@ -311,3 +311,23 @@ def test_missing_graph_library_names_the_extra(tmp_path, capsys, monkeypatch):
               "--format", "turtle", "--model_name_or_path", str(tmp_path / "no-model")])
     assert exc.value.code == 2
     assert "pip install 'instructkgc[graph]'" in capsys.readouterr().err
+
+
+def test_windows_property_cover_and_fit():
+    from hypothesis import given, settings, strategies as st
+
+    alphabet = st.sampled_from(list("ab c。.!?\n 词"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(alphabet, max_size=200), st.integers(1, 12), st.integers(0, 8))
+    def check(text, budget, overlap):
+        count = len  # one token per character
+        windows = plan_windows(text, budget, count, overlap)
+        covered = set()
+        for s, e in windows:
+            assert 0 < e - s <= budget and not text[s].isspace() and not text[e - 1].isspace()
+            covered.update(range(s, e))
+        assert all(i in covered for i, c in enumerate(text) if not c.isspace())
+        assert windows == sorted(windows)
+
+    check()

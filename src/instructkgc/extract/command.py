@@ -112,8 +112,15 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
     builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
     extractor = Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
                           block_size=max(64, 4 * args.batch_size))
-    results = extractor.run(docs)
-    write_results(results, args.output, args.format, args.base_iri)
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        extractor.bar = tqdm(desc=f"extract {task.name}", unit=" prompt", mininterval=0.5)
+    try:
+        write_results(extractor.run(docs), args.output, args.format, args.base_iri)
+    finally:
+        if extractor.bar is not None:
+            extractor.bar.close()
     summary = extractor.summary
     for line in summary.lines(task.name, result_field(task.name), args.keep_ungrounded):
         print(line, file=sys.stderr)

@@ -176,6 +176,7 @@ class Extractor:
         self.task = builder.task
         self.field = result_field(self.task.name)
         self.summary = Summary()
+        self.bar = None  # a tqdm bar over prompts, set by the command on a terminal
 
     def _requests(self, index: int, doc: Document, stats: DocStats) -> list[_Request]:
         language = detect_language(doc.text) if self.language == "auto" else self.language
@@ -191,9 +192,10 @@ class Extractor:
         prompts = [r.prompt for r in requests]
         if not prompts:
             return []
-        if self.constrained:
-            return self.engine.generate(prompts, [self.task.answer_schema(r.chunk) for r in requests])
-        return self.engine.generate(prompts)
+        schemas = [self.task.answer_schema(r.chunk) for r in requests] if self.constrained else None
+        if self.bar is None:
+            return self.engine.generate(prompts, schemas)
+        return self.engine.generate(prompts, schemas, progress=lambda n, tokens: self.bar.update(n))
 
     def _result(self, doc: Document, items: list[dict], stats: DocStats) -> dict:
         out = dict(doc.fields)

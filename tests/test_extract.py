@@ -331,3 +331,19 @@ def test_windows_property_cover_and_fit():
         assert windows == sorted(windows)
 
     check()
+
+
+def test_defaults_come_from_the_adapters_training_args(tmp_path):
+    from instructkgc.extract.command import _fill_defaults
+
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "instructkgc_args.json").write_text('{"template": "qwen", "cutoff_len": 300}', encoding="utf-8")
+    args = build_parser().parse_args(["--task", "NER", "--schema", "[]", "--input", "x", "--output", "y",
+                                      "--model_name_or_path", "m", "--checkpoint_dir", str(adapter)])
+    _fill_defaults(args)
+    assert (args.template, args.cutoff_len, args.model_name) == ("qwen", 300, "llama")
+    args = build_parser().parse_args(["--task", "NER", "--schema", "[]", "--input", "x", "--output", "y",
+                                      "--model_name_or_path", "m", "--template", "vanilla"])
+    _fill_defaults(args)
+    assert (args.template, args.cutoff_len) == ("vanilla", 512)

@@ -32,14 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--format", default="jsonl", choices=FORMATS)
     p.add_argument("--model_name_or_path", required=True)
     p.add_argument("--checkpoint_dir", default=None, help="comma-separated LoRA adapter folders")
-    p.add_argument("--model_name", default="llama", help="architecture name (as for src/inference.py)")
-    p.add_argument("--template", default="alpaca", help="prompt template name, or 'auto' (chat_template)")
+    p.add_argument("--model_name", default=None, help="architecture name, as for src/inference.py (default: "
+                                                       "the adapter's training value, else llama)")
+    p.add_argument("--template", default=None, help="prompt template name, or 'auto' (chat_template) (default: "
+                                                     "the adapter's training value, else alpaca)")
     p.add_argument("--system_prompt", default=None, help="override the template's system text")
     p.add_argument("--language", default="auto", choices=["auto", "zh", "en"],
                    help="language of the instruction sentence; auto: zh for documents that are mostly CJK")
     p.add_argument("--split_num", type=int, default=None,
                    help="most schema items per instruction, -1: no split (default: NER 6, KG 1, others 4)")
-    p.add_argument("--cutoff_len", type=int, default=512, help="most prompt tokens; longer texts are windowed")
+    p.add_argument("--cutoff_len", type=int, default=None,
+                   help="most prompt tokens; longer texts are windowed (default: the adapter's training value, "
+                        "else 512)")
     p.add_argument("--window_overlap", type=int, default=64,
                    help="tokens of text shared by consecutive windows (at most half a window)")
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -58,7 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     return add_arguments(argparse.ArgumentParser(prog="instructkgc extract", description=__doc__.splitlines()[0]))
 
 
+FALLBACKS = {"model_name": "llama", "template": "alpaca", "cutoff_len": 512}
+
+
+def _fill_defaults(args) -> None:
+    """``--model_name``, ``--template``, ``--cutoff_len`` not given: the values the adapter in
+    ``--checkpoint_dir`` was trained with (``instructkgc_args.json``), else the usual defaults."""
+    from ..loader import load_saved_train_args
+
+    first = args.checkpoint_dir.split(",")[0].strip() if args.checkpoint_dir else None
+    saved = load_saved_train_args(first) or {}
+    for key, fallback in FALLBACKS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, saved.get(key) if saved.get(key) is not None else fallback)
+
+
 def _check(args) -> None:
+    _fill_defaults(args)
     if args.split_num is not None and (args.split_num == 0 or args.split_num < -1):
         raise UsageError(f"--split_num must be -1 (no split) or at least 1, got {args.split_num}")
     for name in ("cutoff_len", "max_new_tokens", "batch_size"):

@@ -2,11 +2,9 @@
 import csv
 import json
 import re
-from argparse import Namespace
 
 import pytest
 
-from ie2instruction.tasks import get_task
 from instructkgc.extract.command import build_parser, main, run
 from instructkgc.extract.export import GraphModel, to_networkx, to_turtle, write_results
 from instructkgc.extract.ground import GroundStats, ground

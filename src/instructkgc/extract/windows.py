@@ -9,6 +9,7 @@ Every character of the document lies in some window: nothing is truncated.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable, Optional
 
@@ -89,6 +90,7 @@ def plan_windows(text: str, budget: int, count: Callable[[str], int], overlap: i
     if budget < 1:
         raise ValueError("the window budget must be at least one token")
     overlap = max(0, min(overlap, budget // 2))
+    count = functools.lru_cache(maxsize=1 << 14)(count)  # units are costed once, not again when packed
     spans = units(text, budget, count, piece=overlap or None)
     costs = [count(text[s:e]) for s, e in spans]
     windows: list[Span] = []

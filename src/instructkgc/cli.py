@@ -1,4 +1,4 @@
-"""The ``instructkgc`` console script: ``instructkgc <command> [options]``.
+"""InstructKGC command line: instructkgc <command> [options].
 
 Commands: ``extract`` (text + schema in, knowledge graph out). ``instructkgc <command> --help`` lists the
 options of each.

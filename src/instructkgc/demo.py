@@ -50,21 +50,21 @@ class Profile:
     lora_r: int
     lora_alpha: int
     cutoff_len: int
-    max_new_tokens: int
+    max_new_tokens: dict  # per task: a little above the longest gold answer of the bundled data
     infer_batch_size: int
     test_limit: Optional[int] = None
     additional_target: Optional[str] = None
-    extract_window: int = 256
     model_name: str = "llama"
     extra_train: list = field(default_factory=list)
 
 
 FULL = Profile(data=REPO / "data" / "demo", language="en", template="auto", max_steps=150, batch_size=8,
-               grad_accum=1, learning_rate=1e-3, lora_r=16, lora_alpha=32, cutoff_len=384, max_new_tokens=128,
-               infer_batch_size=16, extract_window=256)
+               grad_accum=1, learning_rate=1e-3, lora_r=16, lora_alpha=32, cutoff_len=384,
+               max_new_tokens={"NER": 64, "RE": 160}, infer_batch_size=16)
 QUICK = Profile(data=REPO / "data" / "demo_zh", language="zh", template="alpaca", max_steps=12, batch_size=8,
-                grad_accum=1, learning_rate=5e-3, lora_r=8, lora_alpha=16, cutoff_len=256, max_new_tokens=48,
-                infer_batch_size=32, test_limit=12, additional_target="embed_tokens,lm_head", extract_window=96)
+                grad_accum=1, learning_rate=5e-3, lora_r=8, lora_alpha=16, cutoff_len=256,
+                max_new_tokens={"NER": 32, "RE": 48}, infer_batch_size=32, test_limit=12,
+                additional_target="embed_tokens,lm_head")
 
 
 def _rel(path) -> str:
@@ -173,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--template", help="prompt template (default: the tokenizer's chat template, 'auto')")
     parser.add_argument("--quick", action="store_true", help="tiny random model, few steps (< 2 min)")
     parser.add_argument("--out", type=Path, default=REPO / "demo_out", help="output folder (default demo_out/)")
-    parser.add_argument("--data", type=Path, help="data folder with NER/ RE/ (train, test, schema) + document.txt")
+    parser.add_argument("--data", type=Path, help="data folder with NER/ and RE/ (train, test, schema) and documents.jsonl")
     parser.add_argument("--max_steps", type=int, help="LoRA training steps")
     parser.add_argument("--batch_size", type=int, help="training batch size")
     parser.add_argument("--learning_rate", type=float)
@@ -223,13 +223,14 @@ def demo(args) -> dict:
         for name in ("train.json", "test.json", "schema.json"):
             if not (data / task / name).is_file():
                 raise StepFailed(f"{_rel(data / task / name)} is missing (the bundled demo data)")
-    document = data / "document.txt"
+    document = next((d for d in (data / "documents.jsonl", REPO / "data" / "demo" / "documents.jsonl")
+                     if d.is_file()), data / "documents.jsonl")
     do_extract = not args.skip_extract and EXTRACT_TASK in tasks
     if do_extract and not document.is_file():
         raise StepFailed(f"{_rel(document)} is missing (the demo document)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    steps = 2 * len(tasks) + 1 + 4 * len(tasks) + (2 if do_extract else 0) + (1 if args.quick else 0)
+    steps = 2 * len(tasks) + 1 + 4 * len(tasks) + (1 if do_extract else 0) + (1 if args.quick else 0)
     run = Runner(steps)
     started = time.perf_counter()
     model = resolve_model(args, profile, run, out)
@@ -264,7 +265,7 @@ def demo(args) -> dict:
         cmd = [sys.executable, _rel(inference), "--stage", "sft", *common,
                "--input_file", _rel(test_files[task]), "--output_file", _rel(pred),
                "--output_dir", _rel(out / stage), "--batch_size", profile.infer_batch_size,
-               "--max_new_tokens", profile.max_new_tokens, "--cutoff_len", profile.cutoff_len,
+               "--max_new_tokens", profile.max_new_tokens[task], "--cutoff_len", profile.cutoff_len,
                "--constrained_decoding", "true", "--predict_with_generate", "--do_predict"]
         if adapter is not None:
             cmd += ["--checkpoint_dir", _rel(adapter)]
@@ -306,20 +307,8 @@ def demo(args) -> dict:
     # e. knowledge-graph extraction from a document longer than the context window
     extraction = None
     if do_extract:
-        extraction = {}
-        for fmt, suffix in (("turtle", "ttl"), ("graphml", "graphml")):
-            target = out / "graph" / f"document.{suffix}"
-            cli = Path(sys.executable).with_name("instructkgc")
-            head = [str(cli)] if cli.is_file() else [sys.executable, "-m", "instructkgc.cli"]
-            run(f"extract a knowledge graph from {_rel(document)} ({fmt})",
-                [*head, "extract", "--task", EXTRACT_TASK, "--schema", _rel(data / EXTRACT_TASK / "schema.json"),
-                 "--input", _rel(document), "--output", _rel(target), "--format", fmt, *common,
-                 "--checkpoint_dir", _rel(lora), "--language", profile.language,
-                 "--window_tokens", profile.extract_window, "--max_new_tokens", profile.max_new_tokens])
-            if not target.is_file() or target.stat().st_size == 0:
-                raise StepFailed(f"{_rel(target)}: extract wrote nothing")
-            extraction[fmt] = target
-        extraction["stats"] = _graph_stats(extraction["turtle"], extraction["graphml"])
+        extraction = extract_graph(run, document, data / EXTRACT_TASK / "schema.json", common, lora, profile,
+                                   out / "graph")
 
     summary = {"model": str(model), "quick": bool(args.quick), "data": _rel(data), "tasks": results,
                "training": {"steps": profile.max_steps, "batch_size": profile.batch_size * profile.grad_accum,
@@ -330,6 +319,32 @@ def demo(args) -> dict:
                "total_seconds": time.perf_counter() - started, "threads": _threads()}
     write_summary(summary, out)
     return summary
+
+
+def extract_graph(run: Runner, document: Path, schema: Path, common: list, lora: Path, profile: Profile,
+                  folder: Path) -> dict:
+    """``instructkgc extract`` (one model pass, JSONL), then the same results exported as Turtle and GraphML."""
+    from .extract.export import write_results
+
+    results = folder / "document.jsonl"
+    cli = Path(sys.executable).with_name("instructkgc")
+    head = [str(cli)] if cli.is_file() else [sys.executable, "-m", "instructkgc.cli"]
+    run(f"extract a knowledge graph from {_rel(document)} (longer than the context window)",
+        [*head, "extract", "--task", EXTRACT_TASK, "--schema", _rel(schema), "--input", _rel(document),
+         "--output", _rel(results), "--format", "jsonl", *common, "--checkpoint_dir", _rel(lora),
+         "--split_num", "-1", "--cutoff_len", profile.cutoff_len,
+         "--max_new_tokens", profile.max_new_tokens[EXTRACT_TASK], "--batch_size", profile.infer_batch_size])
+    if not results.is_file():
+        raise StepFailed(f"{_rel(results)}: extract wrote nothing")
+    records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
+    paths = {"jsonl": results, "turtle": folder / "document.ttl", "graphml": folder / "document.graphml"}
+    for fmt in ("turtle", "graphml"):
+        try:
+            write_results(records, str(paths[fmt]), fmt)
+        except Exception as exc:  # noqa: BLE001  (any export failure is reported as this step's failure)
+            raise StepFailed(f"exporting {_rel(results)} as {fmt} failed: {exc}") from None
+    print(f"    graph written as {_rel(paths['turtle'])} and {_rel(paths['graphml'])}", flush=True)
+    return {**paths, "document": document, "stats": _graph_stats(paths["turtle"], paths["graphml"])}
 
 
 def _threads() -> int:
@@ -356,8 +371,8 @@ def render(summary: dict) -> str:
               f"{tr['seconds']:.0f} s{loss}; adapter in `{tr['adapter']}`"]
     ex = summary["extraction"]
     if ex:
-        lines.append(f"- knowledge graph of `{summary['data']}/document.txt`: `{ex['turtle']}`, `{ex['graphml']}` "
-                     f"({ex['stats']})")
+        lines.append(f"- knowledge graph of `{ex['document']}`: `{ex['turtle']}`, `{ex['graphml']}` "
+                     f"({ex['stats']}; extraction results in `{ex['jsonl']}`)")
     lines.append(f"- records/s include loading the model; total wall time {summary['total_seconds'] / 60:.1f} min "
                  f"on {summary['threads']} CPU thread(s)")
     return "\n".join(lines)

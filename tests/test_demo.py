@@ -9,7 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run_demo(*args, timeout=300):
+def _run_demo(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "instructkgc.demo", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -219,11 +219,11 @@ def test_resume_bad_input_and_constrained(trained, sharp_model_dir, data_file, t
     code, err = _main_exit(pt_infer.main, ["--test_path", str(bad), "--ori_model_dir", sharp_model_dir,
                                            "--model_dir", str(ckpt), "--output_file", str(tmp_path / "o.json")],
                            capsys)
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad}:2:")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"{bad}:2:")
     assert not (tmp_path / "o.json").exists()
     code, err = _main_exit(pt_train.main, ["--train_path", str(bad), "--model_dir", sharp_model_dir,
                                            "--output_dir", str(tmp_path / "t")], capsys)
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad}:2:")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"{bad}:2:")
     assert not (tmp_path / "t").exists()
 
     pytest.importorskip("xgrammar")

@@ -96,10 +96,10 @@ def build_engine(model_args, data_args, finetuning_args, generating_args, infer_
     return engine, tokenizer, template
 
 
-def report(counts, output_file) -> None:
+def report(counts, output_file, cutoff_flag: str = "--cutoff_len") -> None:
     logger.info("wrote %s: %d records (%d answered now, %d already there)", output_file, counts.records,
                 counts.generated, counts.skipped)
-    for n, what in ((counts.truncated_prompts, "prompts were longer than --cutoff_len and lost the start of "
+    for n, what in ((counts.truncated_prompts, f"prompts were longer than {cutoff_flag} and lost the start of "
                                                 "their query"),
                     (counts.cut_off, "answers were cut off by --max_new_tokens before finishing"),
                     (counts.invalid_json, "answers are not valid JSON")):

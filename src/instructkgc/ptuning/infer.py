@@ -6,7 +6,6 @@ model's answer), so ``ie2instruction/eval_func.py`` scores it. Generation is the
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,40 +99,42 @@ def load_ptuned(model_dir: str, ori_model_dir: str, device=None, template: Optio
     return PrefixGenerator(model), tokenizer, get_template_and_fix_tokenizer(template, tokenizer)
 
 
-def run(args: PtuningInferArguments) -> dict:
-    """Predict every record of ``test_path``; returns counts."""
+def run(args: PtuningInferArguments):
+    """Predict every record of ``test_path`` into ``output_file``; returns the counts."""
     from ..infer.engine import SamplingSettings
     from ..infer.hf_engine import HFEngine
-    from ..template import stop_token_ids
+    from ..infer.records import check_input, predict_file
+    from ..inference import report
+    from ..template import build_prompt_ids, stop_token_ids
     from .prefix import checkpoint_settings, read_checkpoint_config
-    from .records import predict_records, read_test_records
 
     read_checkpoint_config(args.model_dir)
     args.resolve(checkpoint_settings(args.model_dir))
     if not os.path.isfile(args.test_path):
         raise UsageError(f"--test_path {args.test_path}: file not found")
-    records = read_test_records(args.test_path)
+    check_input(args.test_path)  # bad input fails before the model is loaded
     generator, tokenizer, template = load_ptuned(args.model_dir, args.ori_model_dir, _device(args.device),
                                                  args.template)
     engine = HFEngine(generator, tokenizer, stop_token_ids(template, tokenizer),
                       SamplingSettings(max_new_tokens=args.max_new_tokens), batch_size=args.batch_size,
                       constrained=args.constrained_decoding)
-    counts = predict_records(engine, template, tokenizer, records, args.output_file,
-                             cutoff_len=args.max_src_len, resume=args.resume,
-                             constrained=args.constrained_decoding, batch_size=args.batch_size)
-    logger.info("wrote %s: %s", args.output_file, json.dumps(counts))
-    for key, what in (("truncated_prompts", "prompts were cut to --max_src_len"),
-                      ("cut_off", "answers were cut off by --max_new_tokens"),
-                      ("invalid_json", "answers are not valid JSON")):
-        if counts[key]:
-            logger.warning("%d of %d %s", counts[key], counts["generated"], what)
+    try:
+        counts = predict_file(engine, lambda record: build_prompt_ids(template, tokenizer, record, args.max_src_len),
+                              args.test_path, args.output_file, resume=args.resume,
+                              constrained=args.constrained_decoding, window=max(64, 8 * args.batch_size))
+    finally:
+        engine.close()
+    report(counts, args.output_file, cutoff_flag="--max_src_len")
     return counts
 
 
 def main(argv=None) -> None:
     from ie2instruction.io import InputError
+    from ie2instruction.io import fail as fail_input
 
     try:
         run(parse_args(argv))
-    except (UsageError, InputError) as exc:
+    except UsageError as exc:
         fail(str(exc))
+    except InputError as exc:
+        fail_input(exc)

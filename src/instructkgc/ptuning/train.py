@@ -157,9 +157,12 @@ def train(args: PtuningTrainArguments):
 
 def main(argv=None) -> None:
     from ie2instruction.io import InputError
+    from ie2instruction.io import fail as fail_input
 
     os.environ.setdefault("WANDB_DISABLED", "true")
     try:
         train(parse_args(argv))
-    except (UsageError, InputError) as exc:
+    except UsageError as exc:
         fail(str(exc))
+    except InputError as exc:
+        fail_input(exc)

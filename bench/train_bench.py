@@ -45,7 +45,7 @@ def run_mode(model_dir, dataset, batches, collate, seed=0):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    useful, elapsed, losses = 0, 0.0, []
+    useful, computed, elapsed, losses = 0, 0, 0.0, []
     for idx in batches:
         feats = [dataset[i] for i in idx]
         batch = collate(feats)
@@ -56,8 +56,9 @@ def run_mode(model_dir, dataset, batches, collate, seed=0):
         opt.zero_grad()
         elapsed += time.perf_counter() - start
         useful += sum(len(f["input_ids"]) for f in feats)
+        computed += batch["input_ids"].numel()
         losses.append(loss.item())
-    return useful / elapsed, sum(losses[-5:]) / len(losses[-5:])
+    return useful / elapsed, sum(losses[-5:]) / len(losses[-5:]), useful / computed
 
 
 def main(argv=None):
@@ -97,9 +98,10 @@ def main(argv=None):
         for _ in range(args.repeats):
             for name, collate in (("padded", padded), ("packed", packed)):
                 results[name].append(run_mode(model_dir, dataset, batches, collate))
-        best = {name: (max(r[0] for r in runs), runs[-1][1]) for name, runs in results.items()}
-        for name, (tps, loss) in best.items():
-            print(f"{name:7s}: {tps:9.0f} useful tokens/s, final loss {loss:.4f}")
+        best = {name: (max(r[0] for r in runs), runs[-1][1], runs[-1][2]) for name, runs in results.items()}
+        for name, (tps, loss, share) in best.items():
+            print(f"{name:7s}: {tps:9.0f} useful tokens/s, {share:6.1%} of computed positions useful, "
+                  f"final loss {loss:.4f}")
         diff = abs(best["packed"][1] - best["padded"][1]) / best["padded"][1] * 100
         print(f"final loss difference: {diff:.2f}%")
         print(f"train: {best['packed'][0] / best['padded'][0]:.2f}x useful tokens/s vs padded baseline")

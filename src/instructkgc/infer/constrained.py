@@ -23,7 +23,8 @@ from transformers import LogitsProcessor
 from ..utils import UsageError
 
 EXTRA = "pip install 'instructkgc[constrained]'"
-_CLOSERS = ("]", "}", "[", '"', "{", "0", "null")  # tried in this order outside strings
+_CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order outside strings
+_CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuation bytes
 
 
 def require_xgrammar():
@@ -55,29 +56,34 @@ class GrammarCache:
                 self.by_bytes.setdefault(raw, tid)
         self.max_token_bytes = min(max(map(len, self.by_bytes), default=1), 64)
 
-    def closing_text(self, matcher, limit: int) -> Optional[str]:
-        """A short text that completes the JSON from ``matcher``'s state (the state is not changed).
+    def closing_text(self, matcher, limit: int) -> Optional[bytes]:
+        """A short UTF-8 text that completes the JSON from ``matcher``'s state (the state is not changed).
 
-        Character by character: forced text (keys, separators) is taken as xgrammar's jump-forward string;
-        inside a string a quote closes it; otherwise ``]`` / ``}`` close a container; a value still owed
-        is the emptiest one (``[]``, ``""``, ``{}``, ``0``, ``null``).
+        Character by character: a multi-byte character in progress is finished first; forced text (keys,
+        separators) is taken as xgrammar's jump-forward string; inside a string a quote closes it; otherwise
+        ``]`` / ``}`` close a container; a value still owed is the emptiest one (``[]``, ``""``, ``{}``...).
         """
         sim = matcher.fork()
-        out: list[str] = []
+        out: list[bytes] = []
         for _ in range(4 * limit + 16):
             if sim.is_completed():
-                return "".join(out)
+                return b"".join(out)
             try:
-                forced = sim.find_jump_forward_string()
-            except UnicodeDecodeError:  # in the middle of a multi-byte character: the model must finish it
-                return None
+                forced = sim.find_jump_forward_string().encode("utf-8")
+            except UnicodeDecodeError:  # inside a multi-byte character: add a continuation byte
+                step = next((b for b in _CONTINUATIONS if sim.fork().accept_string(b)), None)
+                if step is None:
+                    return None
+                sim.accept_string(step)
+                out.append(step)
+                continue
             if forced:
                 sim.accept_string(forced)
                 out.append(forced)
                 continue
             probe = sim.fork()
-            if probe.accept_string('"') and not probe.fork().accept_string("a"):
-                sim, step = probe, '"'  # the quote ended a string
+            if probe.accept_string(b'"') and not probe.fork().accept_string(b"a"):
+                sim, step = probe, b'"'  # the quote ended a string
             else:
                 step = next((c for c in _CLOSERS if sim.fork().accept_string(c)), None)
                 if step is None:
@@ -86,10 +92,10 @@ class GrammarCache:
             out.append(step)
         return None
 
-    def spell(self, matcher, text: str, limit: int) -> Optional[list[int]]:
-        """Tokens (longest vocabulary match first) that ``matcher`` accepts and that spell ``text``."""
+    def spell(self, matcher, data: bytes, limit: int) -> Optional[list[int]]:
+        """Tokens (longest vocabulary match first) that ``matcher`` accepts and that spell ``data``."""
         sim = matcher.fork()
-        data, pos, tokens = text.encode("utf-8"), 0, []
+        pos, tokens = 0, []
         while pos < len(data):
             if len(tokens) >= limit:
                 return None

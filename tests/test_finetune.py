@@ -70,7 +70,7 @@ def lora_run(tiny_model_dir, train_file, tmp_path_factory):
     # --do_eval with --val_set_size larger than the data: the original crashed; here it warns and skips eval.
     run(train_args(tiny_model_dir, train_file, out, "--do_eval", "--val_set_size", "100", "--evaluation_strategy",
                    "epoch", "--lora_target_modules", "['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj']",
-                   "--additional_target", "embed_tokens,lm_head", steps=60))
+                   "--additional_target", "embed_tokens,lm_head", steps=100))
     return out
 
 
@@ -103,7 +103,7 @@ def test_continue_from_checkpoint_starts_near_its_loss(lora_run, tiny_model_dir,
 @pytest.mark.slow
 def test_full_finetuning_learns(tiny_model_dir, train_file, tmp_path):
     out = tmp_path / "full"
-    run(train_args(tiny_model_dir, train_file, out, "--finetuning_type", "full", steps=60, lr="1e-2"))
+    run(train_args(tiny_model_dir, train_file, out, "--finetuning_type", "full", steps=100, lr="1e-2"))
     assert (out / "model.safetensors").is_file()
     assert exact_match(str(out), None, make_records(), finetuning_type="full") >= 0.9
 
@@ -113,7 +113,7 @@ def test_qlora_4bit_learns(tiny_model_dir, train_file, tmp_path):
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "qlora"
     run(train_args(tiny_model_dir, train_file, out, "--bits", "4", "--additional_target", "embed_tokens,lm_head",
-                   "--lora_target_modules", "all", steps=80))
+                   "--lora_target_modules", "all", steps=100))
     assert exact_match(tiny_model_dir, str(out), make_records(), bits=4) >= 0.9
 
 

@@ -70,13 +70,8 @@ class GrammarCache:
                 return b"".join(out)
             try:
                 forced = sim.find_jump_forward_string().encode("utf-8")
-            except UnicodeDecodeError:  # inside a multi-byte character: add a continuation byte
-                step = next((b for b in _CONTINUATIONS if sim.fork().accept_string(b)), None)
-                if step is None:
-                    return None
-                sim.accept_string(step)
-                out.append(step)
-                continue
+            except UnicodeDecodeError:  # inside a multi-byte character (finished below)
+                forced = b""
             if forced:
                 sim.accept_string(forced)
                 out.append(forced)
@@ -85,7 +80,7 @@ class GrammarCache:
             if probe.accept_string(b'"') and not probe.fork().accept_string(b"a"):
                 sim, step = probe, b'"'  # the quote ended a string
             else:
-                step = next((c for c in _CLOSERS if sim.fork().accept_string(c)), None)
+                step = next((c for c in _CLOSERS + _CONTINUATIONS if sim.fork().accept_string(c)), None)
                 if step is None:
                     return None
                 sim.accept_string(step)

@@ -5,7 +5,7 @@ MODEL=${MODEL:-models/Baichuan2-13B-Chat}
 CHECKPOINT=${CHECKPOINT:-lora/baichuan2-13b-lora}
 INPUT=${INPUT:-data/NER/test.json}
 OUTPUT=${OUTPUT:-results/baichuan2-13b-lora.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python src/inference.py \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
     --stage sft \
     --model_name_or_path "$MODEL" \
     --checkpoint_dir "$CHECKPOINT" \

@@ -5,7 +5,7 @@ MODEL=${MODEL:-models/chatglm3-6b}
 CHECKPOINT=${CHECKPOINT:-lora/chatglm3-6b-lora}
 INPUT=${INPUT:-data/NER/test.json}
 OUTPUT=${OUTPUT:-results/chatglm3-6b-lora.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python src/inference.py \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
     --stage sft \
     --model_name_or_path "$MODEL" \
     --checkpoint_dir "$CHECKPOINT" \

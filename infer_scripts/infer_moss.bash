@@ -5,7 +5,7 @@ MODEL=${MODEL:-models/moss-moon-003-sft}
 CHECKPOINT=${CHECKPOINT:-lora/moss-v1}
 INPUT=${INPUT:-data/NER/test.json}
 OUTPUT=${OUTPUT:-results/moss-v1-lora.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python src/inference.py \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
     --stage sft \
     --model_name_or_path "$MODEL" \
     --checkpoint_dir "$CHECKPOINT" \

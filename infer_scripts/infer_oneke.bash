@@ -4,7 +4,7 @@ set -euo pipefail
 MODEL=${MODEL:-models/OneKE}
 INPUT=${INPUT:-data/input.json}
 OUTPUT=${OUTPUT:-results/OneKE_output.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python src/inference.py \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
     --stage sft \
     --model_name_or_path "$MODEL" \
     --model_name llama \

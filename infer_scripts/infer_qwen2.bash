@@ -5,7 +5,7 @@ MODEL=${MODEL:-models/qwen2}
 CHECKPOINT=${CHECKPOINT:-lora/qwen2-v1}
 INPUT=${INPUT:-data/NER/test.json}
 OUTPUT=${OUTPUT:-results/qwen2-lora.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python src/inference.py \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
     --stage sft \
     --model_name_or_path "$MODEL" \
     --checkpoint_dir "$CHECKPOINT" \

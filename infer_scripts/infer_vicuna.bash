@@ -5,7 +5,7 @@ MODEL=${MODEL:-models/vicuna-7b}
 CHECKPOINT=${CHECKPOINT:-lora/vicuna-7b-lora}
 INPUT=${INPUT:-data/NER/test.json}
 OUTPUT=${OUTPUT:-results/vicuna-7b-lora.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python src/inference.py \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
     --stage sft \
     --model_name_or_path "$MODEL" \
     --checkpoint_dir "$CHECKPOINT" \

@@ -103,7 +103,7 @@ def test_continue_from_checkpoint_starts_near_its_loss(lora_run, tiny_model_dir,
 @pytest.mark.slow
 def test_full_finetuning_learns(tiny_model_dir, train_file, tmp_path):
     out = tmp_path / "full"
-    run(train_args(tiny_model_dir, train_file, out, "--finetuning_type", "full", steps=100, lr="1e-2"))
+    run(train_args(tiny_model_dir, train_file, out, "--finetuning_type", "full", steps=150, lr="5e-3"))
     assert (out / "model.safetensors").is_file()
     assert exact_match(str(out), None, make_records(), finetuning_type="full") >= 0.9
 

@@ -206,7 +206,7 @@ def test_end_to_end_convert_finetune_infer_eval(tiny_model_dir, tmp_path):
     lora = tmp_path / "lora"
     res = cli("--do_train", "--stage", "sft", "--model_name_or_path", tiny_model_dir, "--template", TEMPLATE,
               "--train_file", str(tmp_path / "train.json"), "--output_dir", str(lora), "--overwrite_output_dir",
-              "--per_device_train_batch_size", "8", "--max_steps", "60", "--learning_rate", "1e-2",
+              "--per_device_train_batch_size", "8", "--max_steps", "150", "--learning_rate", "1e-2",
               "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true",
               "--lora_target_modules", "all", "--additional_target", "embed_tokens,lm_head", script="src/finetune.py")
     assert res.returncode == 0, res.stderr[-2000:]

@@ -122,8 +122,8 @@ class JsonSchemaProcessor(LogitsProcessor):
     Create one per ``generate`` call. ``prompt_len`` is the (padded) prompt width of the batch.
     """
 
-    CHECK_EVERY = 4  # steps between estimates of the closing length outside the end zone
-    SLACK = 16  # the end zone: remaining budget <= last closing estimate + SLACK
+    CHECK_EVERY = 16  # steps between estimates of the closing length outside the end zone
+    SLACK = 48  # the end zone: remaining budget <= last closing estimate + SLACK
 
     def __init__(self, cache: GrammarCache, schemas: Sequence[Optional[dict]], prompt_len: int,
                  max_new_tokens: int, pad_token_id: int):

@@ -100,6 +100,9 @@ def test_cli_forms_run_from_any_directory(tmp_path):
     assert r2.returncode == 0, r2.stderr
     assert (tmp_path / "out1.json").read_bytes() == (tmp_path / "out2.json").read_bytes()
     first = json.loads((tmp_path / "out1.json").read_text(encoding="utf-8").splitlines()[0])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out1.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert first["source"] == "in" and first["task"] == "NER"
     exe = Path(sys.executable).parent / "convert_func"
     if exe.exists():

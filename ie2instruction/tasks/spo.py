@@ -7,6 +7,7 @@ would overwrite each other's answers), so each answer key maps back to exactly o
 from __future__ import annotations
 
 from .base import STRING, LabelTask, Schema, array_of, dedup_by, group, object_schema
+from .relation import RE
 
 
 def spo_string(item: dict) -> str:
@@ -30,10 +31,7 @@ class SPO(LabelTask):
     label_field = "relation"
     label_keys = ("head", "head_type", "relation", "tail", "tail_type")
     parse_uses_schema = True  # answer keys are bare predicates; the chunk's schema gives their types
-    sentences = {
-        "zh": "你是专门进行关系抽取的专家。请从input中抽取出符合schema定义的关系三元组，不存在的关系返回空列表。请按照JSON字符串的格式回答。",
-        "en": "You are an expert in relationship extraction. Please extract relationship triples that match the schema definition from the input. Return an empty list for relationships that do not exist. Please respond in the format of a JSON string.",
-    }
+    sentences = RE.sentences  # the original asks SPO with the RE sentence
 
     def __init__(self):
         self._known: dict[str, tuple[str, str, str]] = {}

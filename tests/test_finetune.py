@@ -16,26 +16,36 @@ from instructkgc.train import run
 REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ["张三", "李四", "王五", "赵六", "Alice", "Bob", "Carol", "Dave"]
 PLACES = ["北京", "上海", "广州", "深圳", "Paris", "London", "Berlin", "Tokyo"]
-INSTRUCTION = "你是专门进行实体抽取的专家。请从input中抽取出符合schema定义的实体，不存在的实体类型返回空列表。"
 TEMPLATE = "alpaca"
-
-
-def make_records(n=8):
-    records = []
-    for i in range(n):
-        person, place = PEOPLE[i % 8], PLACES[(i * 3) % 8]
-        instruction = json.dumps({"instruction": INSTRUCTION, "schema": ["人物", "地点"],
-                                  "input": f"{person}在{place}工作。"}, ensure_ascii=False)
-        records.append({"task": "NER", "source": "test", "instruction": instruction,
-                        "output": json.dumps({"人物": [person], "地点": [place]}, ensure_ascii=False)})
-    return records
+def raw_records(n=8):
+    """Raw NER records; the training and test files are made from them by convert_func, as a user would."""
+    return [{"text": f"{PEOPLE[i % 8]}在{PLACES[(i * 3) % 8]}工作。",
+             "entity": [{"entity": PEOPLE[i % 8], "entity_type": "人物"},
+                        {"entity": PLACES[(i * 3) % 8], "entity_type": "地点"}]} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in make_records()) + "\n", encoding="utf-8")
-    return str(path)
+def converted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "NER"
+    folder.mkdir()
+    (folder / "sample.json").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in raw_records()),
+                                        encoding="utf-8")
+    (folder / "schema.json").write_text('["人物", "地点"]\n[]\n{}\n', encoding="utf-8")
+    for split in ("train", "test"):
+        subprocess.run([sys.executable, str(REPO / "ie2instruction" / "convert_func.py"), "--task", "NER",
+                        "--split", split, "--split_num", "6", "--src_path", str(folder / "sample.json"),
+                        "--schema_path", str(folder / "schema.json"), "--tgt_path", str(folder / f"{split}.json")],
+                       check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def train_file(converted):
+    return str(converted / "train.json")
+
+
+def make_records(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def train_args(model, data, out, *extra, steps=40, lr="1e-2"):
@@ -70,13 +80,30 @@ def lora_run(tiny_model_dir, train_file, tmp_path_factory):
     # --do_eval with --val_set_size larger than the data: the original crashed; here it warns and skips eval.
     run(train_args(tiny_model_dir, train_file, out, "--do_eval", "--val_set_size", "100", "--evaluation_strategy",
                    "epoch", "--lora_target_modules", "['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj']",
-                   "--additional_target", "embed_tokens,lm_head", steps=100))
+                   "--additional_target", "embed_tokens,lm_head", steps=150))
     return out
 
 
-def test_lora_learns_training_answers(lora_run, tiny_model_dir):
+def test_lora_learns_training_answers(lora_run, tiny_model_dir, train_file):
     assert (lora_run / "adapter_model.safetensors").is_file()
-    assert exact_match(tiny_model_dir, str(lora_run), make_records()) >= 0.9
+    assert exact_match(tiny_model_dir, str(lora_run), make_records(train_file)) >= 0.9
+
+
+def test_end_to_end_convert_finetune_infer_eval(lora_run, tiny_model_dir, converted, tmp_path):
+    """convert (above) -> LoRA (lora_run) -> src/inference.py -> eval_func: the trained answers score F1 >= 90."""
+    pred = tmp_path / "pred.json"
+    res = subprocess.run([sys.executable, str(REPO / "src" / "inference.py"), "--stage", "sft", "--do_predict",
+                          "--predict_with_generate", "--model_name_or_path", tiny_model_dir, "--checkpoint_dir",
+                          str(lora_run), "--input_file", str(converted / "test.json"), "--output_file", str(pred),
+                          "--output_dir", str(tmp_path), "--max_new_tokens", "40", "--batch_size", "4"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run([sys.executable, str(REPO / "ie2instruction" / "eval_func.py"), "--path1", str(pred),
+                          "--task", "NER"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    scores = json.loads((tmp_path / "output_msg" / "pred.json").read_text(encoding="utf-8"))
+    assert scores["total"]["总样本数"] == 8 and scores["total"]["错误数"] == 0
+    assert scores["total"]["F1"] >= 90, scores
 
 
 def test_saved_arguments_and_state(lora_run):

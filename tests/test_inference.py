@@ -1,6 +1,5 @@
 """Inference: batched == sequential greedy, resume after a kill, CLI (seed command, bad input, saved args),
 vLLM (GPU only), and the end-to-end convert -> finetune -> inference -> eval_func run."""
-import ast
 import importlib.util
 import json
 import subprocess
@@ -182,39 +181,3 @@ def test_vllm_backend_matches_hf_greedy(tiny_model_dir, ner_test, tmp_path):
     assert res.returncode == 0, res.stderr
     for a in read_jsonl(tmp_path / "vllm.json"):
         json.loads(a["output"])
-
-
-PEOPLE = ["张三", "李四", "王五", "赵六", "Alice", "Bob", "Carol", "Dave"]
-PLACES = ["北京", "上海", "广州", "深圳", "Paris", "London", "Berlin", "Tokyo"]
-
-
-@pytest.mark.slow  # ~2-8 minutes on 2 busy cores: training dominates
-def test_end_to_end_convert_finetune_infer_eval(tiny_model_dir, tmp_path):
-    """convert (train and test splits of the same raw file) -> LoRA overfit -> inference -> eval_func."""
-    raw = tmp_path / "raw.json"
-    raw.write_text("".join(json.dumps({"text": f"{p}在{q}工作。", "entity": [
-        {"entity": p, "entity_type": "人物"}, {"entity": q, "entity_type": "地点"}]}, ensure_ascii=False) + "\n"
-        for p, q in zip(PEOPLE, PLACES[3:] + PLACES[:3])), encoding="utf-8")
-    schema = tmp_path / "schema.json"
-    schema.write_text('["人物", "地点"]\n[]\n{}\n', encoding="utf-8")
-    run = lambda split, out: subprocess.run(  # noqa: E731
-        [sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path", str(raw), "--tgt_path",
-         str(out), "--schema_path", str(schema), "--task", "NER", "--split", split, "--split_num", "6"],
-        check=True, capture_output=True)
-    run("train", tmp_path / "train.json")
-    run("test", tmp_path / "test.json")
-    lora = tmp_path / "lora"
-    res = cli("--do_train", "--stage", "sft", "--model_name_or_path", tiny_model_dir, "--template", TEMPLATE,
-              "--train_file", str(tmp_path / "train.json"), "--output_dir", str(lora), "--overwrite_output_dir",
-              "--per_device_train_batch_size", "8", "--max_steps", "150", "--learning_rate", "1e-2",
-              "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true",
-              "--lora_target_modules", "all", "--additional_target", "embed_tokens,lm_head", script="src/finetune.py")
-    assert res.returncode == 0, res.stderr[-2000:]
-    pred = tmp_path / "pred.json"
-    res = cli("--model_name_or_path", tiny_model_dir, "--checkpoint_dir", str(lora), "--input_file",
-              str(tmp_path / "test.json"), "--output_file", str(pred), "--max_new_tokens", "40", "--batch_size", "8")
-    assert res.returncode == 0, res.stderr[-2000:]
-    res = cli("--path1", str(pred), "--task", "NER", script="ie2instruction/eval_func.py")
-    assert res.returncode == 0, res.stderr
-    scores = ast.literal_eval(next(line for line in res.stdout.splitlines() if line.startswith("{")))
-    assert scores["total"]["F1"] >= 90, scores

@@ -52,13 +52,11 @@ def _assert_loadable(model, out):
     assert state["global_step"] == 2
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes(tiny_model_dir, tmp_path):
     out = _train(TORCHRUN, tiny_model_dir, tmp_path)
     _assert_loadable(tiny_model_dir, out)
 
 
-@pytest.mark.slow
 def test_deepspeed_zero2_two_processes(tiny_model_dir, tmp_path):
     pytest.importorskip("deepspeed")
     config = tmp_path / "ds_cpu_zero2.json"  # CPU: fp32, no optimizer offload (the bf16 configs are for GPUs)

@@ -1,7 +1,7 @@
 """Score model answers: ``python ie2instruction/eval_func.py --path1 PRED.json --task NER``.
 
 The result is printed (the original's Python ``repr``) and saved as JSON (``indent=4``) to
-``<dir of path1>/output_msg/<basename of path1>`` unless ``--out_path`` is given. See docs/eval.md.
+``<dir of path1>/output_msg/<basename of path1>`` unless ``--out_path`` is given. See the README (Evaluation).
 """
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, An
 
 
 def evaluate(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, Any], None] | None = None):
-    """Score one prediction file; returns ``(task, result)`` with the result object described in docs/eval.md."""
+    """Score one prediction file; returns ``(task, result)`` with the result object described in the README (Evaluation)."""
     rouge = Rouge() if opts.rouge else None  # fails early when the extra is missing
     warn = warn or Warnings(path)
     gc_was_on = gc.isenabled()

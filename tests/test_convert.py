@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from ie2instruction.convert import build_parser, convert
-from ie2instruction.io import InputError
 from ie2instruction.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -255,7 +255,6 @@ def load_model_and_tokenizer(model_args, finetuning_args, is_trainable: bool, co
     ``template``: when given, the template's tokenizer fixes are applied first, so the embeddings can be
     resized for tokens it adds.
     """
-    import torch
     from transformers import AutoConfig
 
     tokenizer = load_tokenizer(model_args, finetuning_args)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from .args import parse_train_args
-from .utils import UsageError, fail, get_logger, is_main_process
+from .utils import UsageError, fail, get_logger
 
 logger = get_logger(__name__)
 

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, NoReturn
+from typing import IO, Any, Iterator
 
 try:  # the C encoder of json.dumps(str, ensure_ascii=False)
     from _json import encode_basestring as _encode_str
@@ -39,7 +39,7 @@ class LabelError(ValueError):
     """A record (or answer) field of the wrong shape; the reader adds path and line."""
 
 
-def fail(error: InputError, code: int = 2) -> NoReturn:
+def fail(error: InputError, code: int = 2) -> "NoReturn":  # noqa: F821
     """Print one line on stderr and exit with status 2."""
     print(str(error), file=sys.stderr)
     raise SystemExit(code)

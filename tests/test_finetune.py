@@ -76,11 +76,13 @@ def losses(out_dir):
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, train_file, tmp_path_factory):
+    # Step counts here and below reach exact match 1.0 on tiny models of seeds 0-5 (TINY_MODEL_SEED); half of
+    # them sits at the edge (0.75 on some seeds).
     out = tmp_path_factory.mktemp("lora")
     # --do_eval with --val_set_size larger than the data: the original crashed; here it warns and skips eval.
     run(train_args(tiny_model_dir, train_file, out, "--do_eval", "--val_set_size", "100", "--evaluation_strategy",
                    "epoch", "--lora_target_modules", "['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj']",
-                   "--additional_target", "embed_tokens,lm_head", steps=150))
+                   "--additional_target", "embed_tokens,lm_head", steps=300))
     return out
 
 
@@ -129,7 +131,7 @@ def test_continue_from_checkpoint_starts_near_its_loss(lora_run, tiny_model_dir,
 
 def test_full_finetuning_learns(tiny_model_dir, train_file, tmp_path):
     out = tmp_path / "full"
-    run(train_args(tiny_model_dir, train_file, out, "--finetuning_type", "full", steps=150, lr="5e-3"))
+    run(train_args(tiny_model_dir, train_file, out, "--finetuning_type", "full", steps=250, lr="5e-3"))
     assert (out / "model.safetensors").is_file()
     assert exact_match(str(out), None, make_records(train_file), finetuning_type="full") >= 0.9
 
@@ -138,7 +140,7 @@ def test_qlora_4bit_learns(tiny_model_dir, train_file, tmp_path):
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "qlora"
     run(train_args(tiny_model_dir, train_file, out, "--bits", "4", "--additional_target", "embed_tokens,lm_head",
-                   "--lora_target_modules", "all", steps=100))
+                   "--lora_target_modules", "all", steps=200))
     assert exact_match(tiny_model_dir, str(out), make_records(train_file), bits=4) >= 0.9
 
 

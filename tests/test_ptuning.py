@@ -26,9 +26,10 @@ EXAMPLES = [
     ("Obama visited Hawaii.", {"person": ["Obama"], "location": ["Hawaii"]}),
     ("Smith joined Apple.", {"person": ["Smith"], "organization": ["Apple"]}),
 ]
-# Capacity and steps for prefixes alone to fit four answers (loss ~14 -> ~0.1, exact match 3/4 or 4/4).
+# Prefixes alone fit the four answers exactly with these settings (loss ~18 -> < 0.001, 4/4 for tiny-model
+# seeds 0-5; 150 epochs leave the loss near 0.1 and some seeds at 2/4).
 FIT = ["--num_train_epochs", "300", "--train_batch_size", "4", "--max_len", "160", "--max_src_len", "128",
-       "--pre_seq_len", "32", "--learning_rate", "0.3", "--log_steps", "50"]
+       "--pre_seq_len", "16", "--learning_rate", "0.1", "--log_steps", "50"]
 
 
 def _records():
@@ -58,14 +59,19 @@ def data_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with its output head scaled x20.
+def sharp_model_dir(tiny_seed, tmp_path_factory):
+    """A tiny model (4 layers, width 128) with its output head scaled x20.
 
-    A random-init head (std 0.02 on 64 dims) cannot make any token much likelier than the others, so no
-    input-side change, prefixes included, can lower the loss far. A sharper head stands in for a trained model.
+    A random-init head (std 0.02) cannot make any token much likelier than the others, so no input-side change,
+    prefixes included, can lower the loss far; a sharper head stands in for a trained model. Prefixes steer a
+    model only through its attention layers: with the 2-layer, width-64 test model they fit 3 of the 4 answers.
     """
     from transformers import AutoModelForCausalLM
 
+    from instructkgc.tiny_model import build_tiny_model
+
+    tiny_model_dir = build_tiny_model(tmp_path_factory.mktemp("pt_base"), hidden_size=128, num_layers=4,
+                                      seed=tiny_seed)
     out = tmp_path_factory.mktemp("pt_sharp")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
@@ -106,7 +112,7 @@ def test_training_fits_answers_and_keeps_base_weights(trained, sharp_model_dir, 
     last = out / "global_step-300"
     config = json.loads((last / "adapter_config.json").read_text())
     assert config["peft_type"] == "PREFIX_TUNING" and config["prefix_projection"] is False
-    assert config["num_virtual_tokens"] == 32
+    assert config["num_virtual_tokens"] == 16
     assert (last / "adapter_model.safetensors").stat().st_size < 100_000  # prefixes only, no base weights
     rows = _predict(last, sharp_model_dir, data_file, tmp_path / "pred.json")
     gold = _records()
@@ -114,9 +120,7 @@ def test_training_fits_answers_and_keeps_base_weights(trained, sharp_model_dir, 
     assert all({k: v for k, v in r.items() if k != "output"} == {k: v for k, v in g.items() if k != "output"}
                for r, g in zip(rows, gold))
     exact = sum(r["output"] == g["output"] for r, g in zip(rows, gold)) / len(gold)
-    # The issue asks for 0.8; since the bundled data (and so the tiny tokenizer) changed, the loss plateaus near
-    # 0.1 and one of the four answers keeps a wrong key: 3/4 is what is reached today (see the README).
-    assert exact >= 0.75, [r["output"] for r in rows]
+    assert exact >= 0.8, [r["output"] for r in rows]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -192,7 +196,7 @@ def test_checkpoint_base_mismatch_is_one_line(trained, data_file, tiny_qwen_dir,
     assert code == 2 and len(err) == 1 and "does not match" in err[0] and "qwen2" in err[0]
     # Same architecture, one layer more.
     config = AutoConfig.from_pretrained(sharp_model_dir)
-    config.num_hidden_layers = 3
+    config.num_hidden_layers = 5
     deeper = tmp_path / "deeper"
     AutoModelForCausalLM.from_config(config).save_pretrained(deeper)
     for name in os.listdir(sharp_model_dir):
@@ -200,7 +204,7 @@ def test_checkpoint_base_mismatch_is_one_line(trained, data_file, tiny_qwen_dir,
             shutil.copy(Path(sharp_model_dir) / name, deeper / name)
     argv[3] = str(deeper)
     code, err = _main_exit(pt_infer.main, argv, capsys)
-    assert code == 2 and len(err) == 1 and "num_layers 2 vs 3" in err[0]
+    assert code == 2 and len(err) == 1 and "num_layers 4 vs 5" in err[0]
     code, err = _main_exit(pt_train.main, ["--train_path", data_file, "--model_dir", str(deeper), "--checkpoint_dir",
                                            ckpt, "--output_dir", str(tmp_path / "c")], capsys)
     assert code == 2 and len(err) == 1 and "num_layers" in err[0]

@@ -164,6 +164,27 @@ def test_build_prompt_ids_keeps_assistant_marker(tiny_model_dir):
     assert ids[0] == tok.bos_token_id and len(marker) > 0
 
 
+def test_training_keeps_examples_that_fit_and_cuts_like_inference(tiny_model_dir):
+    from instructkgc.data import encode_supervised
+    from instructkgc.utils import IGNORE_INDEX
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    template = get_template_and_fix_tokenizer("alpaca", tok)
+    query, answer = "张三在北京工作。" * 12 + "\ntail text", '{"人物": ["张三"]}'
+    prompt, target = template.encode_oneturn(tok, query, answer)
+    cutoff = len(prompt) + len(target) + 5
+    # Fits: kept whole although the prompt is longer than cutoff - max_target_length (the original cut it).
+    ids, labels, cut = encode_supervised(template, tok, query, answer, None, cutoff, max_target_length=cutoff - 10)
+    assert not cut and ids == prompt + target
+    assert labels == [IGNORE_INDEX] * len(prompt) + target
+    # Too long: the answer stays whole and the prompt is cut from the left, exactly as at inference.
+    cutoff = len(prompt) + len(target) - 20
+    ids, labels, cut = encode_supervised(template, tok, query, answer, None, cutoff, max_target_length=16)
+    expected, _ = build_prompt_ids(template, tok, {"instruction": query}, cutoff - len(target))
+    assert cut and len(ids) <= cutoff and ids == expected + target
+    assert tok.decode(ids[:len(expected)]).endswith("tail text\n\n### Response:\n")
+
+
 def test_auto_template(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     with pytest.raises(ValueError, match="chat_template"):

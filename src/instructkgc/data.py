@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .template import Template, get_template_and_fix_tokenizer, record_query
+from .template import Template, fit_prompt, get_template_and_fix_tokenizer, record_query
 from .utils import IGNORE_INDEX, UsageError, get_logger
 
 logger = get_logger(__name__)
@@ -32,21 +32,26 @@ def load_records(path) -> list[dict]:
 
 def encode_supervised(template: Template, tokenizer, query: str, response: str, system: Optional[str],
                       cutoff_len: int, max_target_length: int, train_on_prompt: bool = False):
-    """``(input_ids, labels, truncated)`` of one example, with the reference budget rules."""
+    """``(input_ids, labels, truncated)`` of one example.
+
+    An example that fits ``cutoff_len`` is kept whole. Otherwise the answer keeps its share of the budget (at
+    least ``max_target_length``, as the original) and the prompt is cut like an inference prompt
+    (:func:`~instructkgc.template.fit_prompt`), so training and generation see the same prompt.
+    """
     source, target = template.encode_oneturn(tokenizer, query, response, system)
-    s, t = len(source), len(target)
-    max_t = max(int(cutoff_len * t / (s + t)), max_target_length)
-    max_s = max(cutoff_len - max_t, 0)
-    truncated = s > max_s or t > max_t
-    source, target = source[:max_s], target[:max_t]
-    labels = (list(source) if train_on_prompt else [IGNORE_INDEX] * len(source)) + list(target)
-    input_ids = source + target
     eos = template.final_eos_ids(tokenizer)
-    input_ids, labels = input_ids + eos, labels + eos
-    if len(input_ids) > cutoff_len:
-        truncated = True
-        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
-    return input_ids, labels, truncated
+    s, t = len(source), len(target)
+    room = cutoff_len - len(eos)
+    truncated = s + t > room
+    if truncated:
+        max_t = min(t, max(int(room * t / (s + t)), max_target_length), room)
+        target = target[:max_t]
+        if s > room - max_t:
+            source, _ = fit_prompt(template, tokenizer, query, system, room - max_t)
+    labels = (list(source) if train_on_prompt else [IGNORE_INDEX] * len(source)) + list(target)
+    input_ids = list(source) + list(target) + eos
+    labels = labels + eos
+    return input_ids[:cutoff_len], labels[:cutoff_len], truncated
 
 
 def _valid(record) -> bool:

@@ -315,26 +315,33 @@ def record_query(record: dict) -> str:
 def build_prompt_ids(template: Template, tokenizer, record: dict, cutoff_len: int):
     """Prompt ids for INFERENCE from an instruction record; returns ``(ids, truncated)``.
 
-    The ids equal the prompt part training used. When the prompt is longer than ``cutoff_len`` the
-    **left part of the query** is cut (the template's head and the assistant marker at the end are kept);
-    the original cut the tail and lost the assistant marker. ``truncated`` tells the caller.
+    The ids equal the prompt part training used (see :func:`fit_prompt`).
     """
-    query = record_query(record)
-    system = record.get("system") or None
+    return fit_prompt(template, tokenizer, record_query(record), record.get("system") or None, cutoff_len)
+
+
+def fit_prompt(template: Template, tokenizer, query: str, system: Optional[str], budget: int):
+    """Prompt ids of ``query`` in at most ``budget`` tokens; returns ``(ids, truncated)``.
+
+    When the prompt is longer the **left part of the query** is cut (the template's head and the assistant
+    marker at the end are kept); the original cut the tail and lost the assistant marker.
+    """
     prompt, _ = template.encode_oneturn(tokenizer, query, "", system)
-    if len(prompt) <= cutoff_len:
+    if len(prompt) <= budget:
         return prompt, False
+    if budget <= 0:
+        return [], True
     # Smallest character offset whose query suffix fits (re-encoded as training would encode it).
     lo, hi = 0, len(query)
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(template.encode_oneturn(tokenizer, query[mid:], "", system)[0]) <= cutoff_len:
+        if len(template.encode_oneturn(tokenizer, query[mid:], "", system)[0]) <= budget:
             hi = mid
         else:
             lo = mid + 1
     ids, _ = template.encode_oneturn(tokenizer, query[lo:], "", system)
-    if len(ids) > cutoff_len:  # even the bare template does not fit: keep its tail, marker included
-        ids = ids[-cutoff_len:]
+    if len(ids) > budget:  # even the bare template does not fit: keep its tail, marker included
+        ids = ids[-budget:]
     return ids, True
 
 

@@ -40,7 +40,12 @@ def _json_strings(obj) -> Iterator[str]:
 
 
 def corpus(root: Path = REPO_ROOT, max_bytes_per_file: int = 2_000_000) -> list[str]:
-    """Texts for tokenizer training: all data/**/*.json strings (JSON or JSONL), ie2instruction sources."""
+    """Texts for tokenizer training: all data/**/*.json strings (JSON or JSONL) and the task instructions.
+
+    Deliberately not source code: editing a module must not change the test model.
+    """
+    from ie2instruction.tasks import TASKS
+
     texts: list[str] = []
     for path in sorted((root / "data").glob("**/*.json")):
         raw = path.read_text(encoding="utf-8", errors="replace")[:max_bytes_per_file]
@@ -56,9 +61,8 @@ def corpus(root: Path = REPO_ROOT, max_bytes_per_file: int = 2_000_000) -> list[
         for value in values:
             texts.extend(_json_strings(value))
             texts.append(json.dumps(value, ensure_ascii=False)[:5000])
-    # Instruction sentences live in the data-side sources; their raw text is a fine corpus.
-    for path in sorted((root / "ie2instruction").glob("**/*.py")):
-        texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    for task in TASKS.values():
+        texts.extend(task.sentences.values())
     return texts + _FALLBACK_TEXT
 
 

@@ -6,14 +6,13 @@ cannot be read are counted as errors and reported through ``warn``, never raised
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .answers import INVALID, load_answer
-from .io import InputError, LabelError, read_records
+from .io import InputError, LabelError, fast_loads, read_records
 from .metrics import Rouge, Scorer
 from .tasks import get_task
 
@@ -76,7 +75,7 @@ def _string_field(rec: dict, name: str, path, line: int) -> str:
 def _json_field(rec: dict, name: str, path, line: int) -> Any:
     text = _string_field(rec, name, path, line)
     try:
-        return json.loads(text)
+        return fast_loads(text)
     except (ValueError, RecursionError) as err:
         raise InputError(path, line, f"'{name}' is not a JSON string ({err.__class__.__name__}: "
                                      f"{str(err)[:60]})") from None

@@ -5,6 +5,7 @@ import codecs
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,10 @@ except ImportError:  # pragma: no cover
     from json.encoder import py_encode_basestring as _encode_str
 
 _DUMPS = json.JSONEncoder(ensure_ascii=False).encode
+try:
+    import orjson
+except ImportError:  # optional speed-up
+    orjson = None
 
 
 def dumps(obj: Any) -> str:
@@ -61,6 +66,20 @@ def _decode(raw: bytes, path, line: int) -> str:
         raise InputError(path, line, f"not UTF-8 (byte {err.start + 1} of the line)") from None
 
 
+# A number of 19+ digits may not fit 64 bits, where orjson returns a float and json an int: json decides.
+_LONG_INT = {bytes: re.compile(rb"(?:^|[\[:,])\s*-?\d{19}"), str: re.compile(r"(?:^|[\[:,])\s*-?\d{19}")}
+
+
+def fast_loads(data: str | bytes) -> Any:
+    """Exactly ``json.loads(data)``, through orjson (~5x faster) wherever it gives the same answer."""
+    if orjson is not None and not _LONG_INT[type(data)].search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:  # NaN, 1e400, lone surrogates, bad UTF-8, errors: json's verdict
+            pass
+    return json.loads(data)
+
+
 def _json_error(err: json.JSONDecodeError) -> str:
     return f"invalid JSON: {err.msg} (column {err.colno})"
 
@@ -93,7 +112,7 @@ def read_records(path: str | os.PathLike, what: str = "record") -> Iterator[tupl
 
 
 def _read_lines(f: IO[bytes], path, what: str) -> Iterator[tuple[int, dict]]:
-    loads = json.loads
+    loads = fast_loads
     for no, raw in enumerate(f, 1):
         if no == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]

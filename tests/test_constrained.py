@@ -64,3 +64,25 @@ def test_missing_xgrammar_names_the_extra(tmp_path):
             "try:\n    require_xgrammar()\nexcept Exception as e:\n    print(e)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'instructkgc[constrained]'" in res.stdout
+
+
+def test_closing_text_from_inside_a_free_key_before_fixed_keys(tiny_model_dir):
+    """KG shape: entity names are free keys whose values have a fixed set of (non-ASCII) attribute keys. A quote
+    that would open one of those keys must not be taken for the end of a string."""
+    from instructkgc.infer.constrained import GrammarCache
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    value = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    schema = {"type": "object", "required": ["人物"], "additionalProperties": False, "properties": {"人物": {
+        "type": "object", "additionalProperties": {"type": "object", "additionalProperties": False,
+                                                   "properties": {"出生地点": value, "国籍": value}}}}}
+    for prefix in ('{"人物": {"Jank上海', '{"人物": {"Jank上海", '):
+        matcher = cache.matcher(schema)
+        if not matcher.accept_string(prefix.encode()):
+            continue
+        text = cache.closing_text(matcher, 100)
+        assert text is not None, prefix
+        tokens = cache.spell(matcher, text, 100)
+        assert tokens and all(matcher.accept_token(t) for t in tokens) and matcher.is_completed()
+        assert isinstance(json.loads(prefix + text.decode()), dict)

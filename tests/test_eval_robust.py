@@ -109,3 +109,22 @@ def test_whole_path_with_mutated_file(tmp_path, task, repair):
     if repair:
         assert total["repaired"] >= 0
     json.dumps(result, ensure_ascii=False)  # the result always serialises
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=JSON_VALUES, mutate_seed=st.integers(0, 2**32 - 1))
+def test_fast_loads_decides_like_json(value, mutate_seed):
+    """Evaluation's orjson fast path returns what json.loads returns, and fails where it fails."""
+    from ie2instruction.io import fast_loads
+
+    text = json.dumps(value, ensure_ascii=random.Random(mutate_seed).random() < 0.5)
+    for candidate in (text, mutate(text, random.Random(mutate_seed))):
+        try:
+            expected = json.loads(candidate)
+        except (ValueError, RecursionError) as err:
+            with pytest.raises(type(err)):
+                fast_loads(candidate)
+            continue
+        got = fast_loads(candidate)
+        assert json.dumps(got) == json.dumps(expected)  # as JSON text: nan != nan
+        assert type(got) is type(expected)

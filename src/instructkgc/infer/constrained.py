@@ -27,6 +27,17 @@ _CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order 
 _CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuation bytes
 
 
+def _after_string(matcher) -> bool:
+    """Whether ``matcher`` (just past a quote) is outside a string: the quote closed one, it did not open one.
+
+    Inside a free string any character may follow; inside a key of a fixed set (an opening quote) neither a
+    letter nor a separator may; after a closing quote a separator (or the end) must.
+    """
+    if matcher.fork().accept_string(b"a"):
+        return False
+    return matcher.is_completed() or any(matcher.fork().accept_string(c) for c in (b":", b",", b"}", b"]"))
+
+
 def require_xgrammar():
     """Import xgrammar or raise a one-line UsageError naming the extra."""
     try:
@@ -77,7 +88,7 @@ class GrammarCache:
                 out.append(forced)
                 continue
             probe = sim.fork()
-            if probe.accept_string(b'"') and not probe.fork().accept_string(b"a"):
+            if probe.accept_string(b'"') and _after_string(probe):
                 sim, step = probe, b'"'  # the quote ended a string
             else:
                 step = next((c for c in _CLOSERS + _CONTINUATIONS if sim.fork().accept_string(c)), None)

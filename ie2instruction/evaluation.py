@@ -127,7 +127,7 @@ def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, An
     uses_schema = None
     instances: dict[tuple[str, str], Instance] = {}
     repair = opts.repair
-    for line, rec in read_records(path):
+    for line, rec in read_records(path, fast=True):  # only string fields are read
         if opts.task is None:
             task = _resolve_task(rec, path, line, seen)
         if uses_schema is None:

@@ -378,8 +378,9 @@ def render(summary: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for task, res in summary["tasks"].items():
         zs, ft = res["zero-shot"], res["fine-tuned"]
-        lines.append(f"| {task} | {zs['instances']} ({zs['records']}) | {zs['F1']:.2f} | {ft['F1']:.2f} | {ft['F1'] - zs['F1']:+.2f} "
-                     f"| {zs['errors']} → {ft['errors']} | {zs['records_per_s']:.2f} / {ft['records_per_s']:.2f} |")
+        lines.append(f"| {task} | {zs['instances']} ({zs['records']}) | {zs['F1']:.2f} | {ft['F1']:.2f} "
+                     f"| {ft['F1'] - zs['F1']:+.2f} | {zs['errors']} → {ft['errors']} "
+                     f"| {zs['records_per_s']:.2f} / {ft['records_per_s']:.2f} |")
     tr = summary["training"]
     loss = f", final train loss {tr['train_loss']:.3f}" if isinstance(tr.get("train_loss"), (int, float)) else ""
     lines += ["", f"- model: `{summary['model']}`",

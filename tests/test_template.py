@@ -183,6 +183,11 @@ def test_training_keeps_examples_that_fit_and_cuts_like_inference(tiny_model_dir
     expected, _ = build_prompt_ids(template, tok, {"instruction": query}, cutoff - len(target))
     assert cut and len(ids) <= cutoff and ids == expected + target
     assert tok.decode(ids[:len(expected)]).endswith("tail text\n\n### Response:\n")
+    # P-Tuning's --max_src_len caps the prompt even when the example fits, exactly as its inference does.
+    cap = len(prompt) - 10
+    ids, labels, cut = encode_supervised(template, tok, query, answer, None, 10_000, 16, max_prompt_len=cap)
+    expected, _ = build_prompt_ids(template, tok, {"instruction": query}, cap)
+    assert cut and ids == expected + target and len(expected) <= cap
 
 
 def test_auto_template(tiny_model_dir):

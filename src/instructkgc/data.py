@@ -31,19 +31,24 @@ def load_records(path) -> list[dict]:
 
 
 def encode_supervised(template: Template, tokenizer, query: str, response: str, system: Optional[str],
-                      cutoff_len: int, max_target_length: int, train_on_prompt: bool = False):
+                      cutoff_len: int, max_target_length: int, train_on_prompt: bool = False,
+                      max_prompt_len: Optional[int] = None):
     """``(input_ids, labels, truncated)`` of one example.
 
     An example that fits ``cutoff_len`` is kept whole. Otherwise the answer keeps its share of the budget (at
     least ``max_target_length``, as the original) and the prompt is cut like an inference prompt
     (:func:`~instructkgc.template.fit_prompt`), so training and generation see the same prompt.
+    ``max_prompt_len`` (P-Tuning's ``--max_src_len``) caps the prompt, cut the same way, as inference does.
     """
     source, target = template.encode_oneturn(tokenizer, query, response, system)
     eos = template.final_eos_ids(tokenizer)
+    truncated = False
+    if max_prompt_len is not None and len(source) > max_prompt_len:
+        source, truncated = fit_prompt(template, tokenizer, query, system, max_prompt_len)
     s, t = len(source), len(target)
     room = cutoff_len - len(eos)
-    truncated = s + t > room
-    if truncated:
+    if s + t > room:
+        truncated = True
         max_t = min(t, max(int(room * t / (s + t)), max_target_length), room)
         target = target[:max_t]
         if s > room - max_t:
@@ -76,7 +81,8 @@ def preprocess_supervised(records: list[dict], tokenizer, data_args, template: O
         "response": [r["output"] for r in kept],
         "system": [r.get("system") or data_args.system_prompt or "" for r in kept],
     }
-    args = (data_args.cutoff_len, data_args.max_target_length, data_args.train_on_prompt)
+    args = (data_args.cutoff_len, data_args.max_target_length, data_args.train_on_prompt,
+            getattr(data_args, "max_prompt_len", None))
 
     def encode_batch(batch):
         out = {"input_ids": [], "labels": [], "attention_mask": [], "truncated": []}

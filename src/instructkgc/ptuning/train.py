@@ -125,6 +125,7 @@ def train(args: PtuningTrainArguments):
 
     data_args = SimpleNamespace(template=template_name, train_on_prompt=False, system_prompt=None,
                                 cutoff_len=args.max_len, max_target_length=args.max_len - args.max_src_len,
+                                max_prompt_len=args.max_src_len,
                                 preprocessing_num_workers=None, packing=False, ignore_pad_token_for_loss=True)
     train_set = preprocess_supervised(records, tokenizer, data_args, template, "train")
     if len(train_set) == 0:

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ["张三", "李四", "王五", "赵六", "Alice", "Bob", "Carol", "Dave"]
 PLACES = ["北京", "上海", "广州", "深圳", "Paris", "London", "Berlin", "Tokyo"]
 TEMPLATE = "alpaca"
+
+
 def raw_records(n=8):
     """Raw NER records; the training and test files are made from them by convert_func, as a user would."""
     return [{"text": f"{PEOPLE[i % 8]}在{PLACES[(i * 3) % 8]}工作。",
@@ -76,8 +78,8 @@ def losses(out_dir):
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, train_file, tmp_path_factory):
-    # Step counts here and below reach exact match 1.0 on tiny models of seeds 0-5 (TINY_MODEL_SEED); half of
-    # them sits at the edge (0.75 on some seeds).
+    # The step counts here and below reach exact match 1.0 on tiny models of seeds 0-5 (TINY_MODEL_SEED);
+    # half as many steps leave some seeds at 0.75.
     out = tmp_path_factory.mktemp("lora")
     # --do_eval with --val_set_size larger than the data: the original crashed; here it warns and skips eval.
     run(train_args(tiny_model_dir, train_file, out, "--do_eval", "--val_set_size", "100", "--evaluation_strategy",

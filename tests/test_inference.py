@@ -1,5 +1,5 @@
 """Inference: batched == sequential greedy, resume after a kill, CLI (seed command, bad input, saved args),
-vLLM (GPU only), and the end-to-end convert -> finetune -> inference -> eval_func run."""
+vLLM (GPU only). The end-to-end convert -> finetune -> inference -> eval_func run is in test_finetune.py."""
 import importlib.util
 import json
 import subprocess

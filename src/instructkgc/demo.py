@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -40,8 +40,9 @@ class StepFailed(RuntimeError):
 # trains on two samplings of the training set with a quarter of the negative relations kept (IEPile-style
 # negative sampling, --random_sort): with every negative kept, 80% of the lists a model learns to write are
 # empty and SmolLM2-135M learns to answer only empty lists within the time budget (F1 0).
-SPLIT_NUM = {"NER": -1, "RE": 4}
-TRAIN_SETS = {"NER": [[]], "RE": [["--neg_schema", "0.25", "--random_sort", "--seed", str(seed)] for seed in (1, 2)]}
+SPLIT_NUM = {"NER": -1, "RE": 4}  # --split_num of every instruction, per task
+TRAIN_SETS = {  # per task: one converted training file per entry, made with these extra convert_func flags
+    "NER": [[]], "RE": [["--neg_schema", "0.25", "--random_sort", "--seed", str(seed)] for seed in (1, 2)]}
 
 
 @dataclass
@@ -63,11 +64,6 @@ class Profile:
     test_limit: Optional[int] = None
     additional_target: Optional[str] = None
     model_name: str = "llama"
-    # per task: --split_num of every instruction, and one converted training file per entry of extra
-    # convert_func flags
-    split_num: dict = field(default_factory=lambda: dict(SPLIT_NUM))
-    train_sets: dict = field(default_factory=lambda: {task: [list(f) for f in flags]
-                                                      for task, flags in TRAIN_SETS.items()})
 
 
 # 120 steps × 4 = 480 examples (~1.1 epochs of the ~450 training instructions), ~6 min on 2 cores.
@@ -243,8 +239,7 @@ def demo(args) -> dict:
         raise StepFailed(f"{_rel(document)} is missing (the demo document)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    conversions = [(task, "train", k, extra) for task in tasks
-                   for k, extra in enumerate(profile.train_sets.get(task) or [[]])]
+    conversions = [(task, "train", k, extra) for task in tasks for k, extra in enumerate(TRAIN_SETS[task])]
     conversions += [(task, "test", 0, []) for task in tasks]
     steps = len(conversions) + 1 + 4 * len(tasks) + (1 if do_extract else 0) + (1 if args.quick else 0)
     run = Runner(steps)
@@ -264,7 +259,7 @@ def demo(args) -> dict:
         run(f"convert {name.replace('_', ' ')}",
             [sys.executable, _rel(convert), "--src_path", _rel(data / task / f"{split}.json"), "--tgt_path",
              _rel(tgt), "--schema_path", _rel(data / task / "schema.json"), "--task", task, "--split", split,
-             "--split_num", profile.split_num.get(task, -1), "--language", profile.language, *extra])
+             "--split_num", SPLIT_NUM[task], "--language", profile.language, *extra])
         if split == "train":
             train_files.append(tgt)
         else:
@@ -348,7 +343,7 @@ def extract_graph(run: Runner, document: Path, schema: Path, common: list, lora:
     run(f"extract a knowledge graph from {_rel(document)} (longer than the context window)",
         [*head, "extract", "--task", EXTRACT_TASK, "--schema", _rel(schema), "--input", _rel(document),
          "--output", _rel(results), "--format", "jsonl", *common, "--checkpoint_dir", _rel(lora),
-         "--split_num", profile.split_num.get(EXTRACT_TASK, -1), "--cutoff_len", profile.cutoff_len,
+         "--split_num", SPLIT_NUM[EXTRACT_TASK], "--cutoff_len", profile.cutoff_len,
          "--max_new_tokens", profile.max_new_tokens[EXTRACT_TASK], "--batch_size", profile.infer_batch_size])
     if not results.is_file():
         raise StepFailed(f"{_rel(results)}: extract wrote nothing")

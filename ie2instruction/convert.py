@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import InputError, LabelError, atomic_writer, cli_errors, dumps, read_records
+from .io import InputError, LabelError, atomic_writer, check_output, cli_errors, dumps, read_records
 from .tasks import TASKS, Sampler, Schema, Task, get_task, read_schema
 
 
@@ -74,6 +74,20 @@ class Converter:
         self._test_tail = ', "task": %s, "source": %s, "instruction": ' % head
         self._instr_head = '{"instruction": %s, "schema": ' % dumps(self.sentence)
         self._chunks: dict[Any, list[tuple[list, str]]] = {}
+        self._texts: dict[bytes, int] = {}  # test split: how often each text (sha256 prefix) was seen
+        self.repeated_texts = 0
+
+    def record_id(self, text: str) -> str:
+        """``sha256(text)`` as the original; the n-th repeat of a text gets ``-n`` appended so that eval,
+        which merges the lines of one id, scores every source record on its own."""
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        key = bytes.fromhex(digest[:16])
+        seen = self._texts.get(key, 0)
+        self._texts[key] = seen + 1
+        if not seen:
+            return digest
+        self.repeated_texts += 1
+        return f"{digest}-{seen + 1}"
 
     def chunks(self, labels: list | None) -> list[tuple[list, str]]:
         """The schema chunks with their JSON text, memoised when they depend only on the label types."""
@@ -118,7 +132,7 @@ class Converter:
                 yield (self._train_head + self._instruction(schema_text, text_json)
                        + ', "output": ' + dumps(dumps(output)) + "}\n")
         else:
-            head = '{"id": "' + hashlib.sha256(text.encode("utf-8")).hexdigest() + '"' + self._test_tail
+            head = '{"id": "' + self.record_id(text) + '"' + self._test_tail
             label = "" if labels is None else ', "label": ' + dumps(dumps(labels))
             for _, schema_text in self.chunks(labels):
                 yield head + self._instruction(schema_text, text_json) + label + "}\n"
@@ -130,6 +144,9 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(None, None, f"--split_num must be -1 (no split) or at least 1, got {args.split_num}")
     if args.neg_schema > 1 or args.neg_schema != args.neg_schema:
         raise InputError(None, None, f"--neg_schema must be at most 1, got {args.neg_schema}")
+    inputs = {"--src_path": args.src_path, "--schema_path": args.schema_path,
+              "--hard_negative_path": args.hard_negative_path if args.cluster_mode else None}
+    check_output(args.tgt_path, "--tgt_path", inputs)
     task = get_task(args.task)
     schema = read_schema(args.schema_path)
     hard = load_hard_negatives(args.hard_negative_path, task, schema) if args.cluster_mode else None
@@ -152,7 +169,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
             n_out += len(lines)
             write("".join(lines))
     return {"task": task.name, "split": args.split, "records_in": n_in, "records_out": n_out,
-            "path": str(args.tgt_path)}
+            "path": str(args.tgt_path), "repeated_texts": conv.repeated_texts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,4 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = convert(args)
     print(f"{stats['task']} {stats['split']}: {stats['records_in']} records -> {stats['records_out']} "
           f"instructions in {stats['path']}", file=sys.stderr)
+    if stats["repeated_texts"]:
+        print(f"note: {stats['repeated_texts']} records repeat the text of an earlier record; their ids are "
+              "sha256(text)-2, -3, ... so that eval scores each record on its own", file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@ import os
 import sys
 
 from ie2instruction.evaluation import Options, evaluate
-from ie2instruction.io import InputError, atomic_writer, fail
+from ie2instruction.io import atomic_writer, check_output, cli_errors, escape_surrogates
 from ie2instruction.metrics import MATCH_MODES, MissingExtra, core
 
 TASKS = ("NER", "RE", "EE", "SPO", "EET", "EEA", "KG")
@@ -58,28 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     metrics = _metrics(args.metrics_list, parser)
     opts = Options(task=args.task, match_mode=args.match_mode, sort_by=args.sort_by, repair=args.repair,
                    rouge="rouge" in metrics)
-    try:
-        if args.plot:
-            from ie2instruction.plot import require_matplotlib
-            require_matplotlib()
-        task, result = evaluate(args.path1, opts)
-    except MissingExtra as err:
-        print(str(err), file=sys.stderr)
-        return 2
-    except InputError as err:
-        fail(err)
     out_path = args.out_path or default_out_path(args.path1)
-    try:
+    with cli_errors():
+        check_output(out_path, "--out_path", {"--path1": args.path1})
+        if args.plot:
+            check_output(args.plot, "--plot", {"--path1": args.path1, "--out_path": out_path})
+        try:
+            if args.plot:
+                from ie2instruction.plot import require_matplotlib
+                require_matplotlib()
+            task, result = evaluate(args.path1, opts)
+        except MissingExtra as err:
+            print(str(err), file=sys.stderr)
+            return 2
         with atomic_writer(out_path) as f:
-            f.write(json.dumps(result, indent=4, ensure_ascii=False))
-    except OSError as err:
-        fail(InputError(out_path, None, f"cannot write the result: {err.strerror or err}"))
-    print(core(result))
-    print(f"result saved to {out_path}", file=sys.stderr)
-    if args.plot:
-        from ie2instruction.plot import plot_result
-        plot_result(result, args.plot, title=f"{task.name}: {os.path.basename(args.path1)}")
-        print(f"plot saved to {args.plot}", file=sys.stderr)
+            f.write(escape_surrogates(json.dumps(result, indent=4, ensure_ascii=False)))
+        print(core(result))
+        print(f"result saved to {out_path}", file=sys.stderr)
+        if args.plot:
+            from ie2instruction.plot import plot_result
+            plot_result(result, args.plot, title=f"{task.name}: {os.path.basename(args.path1)}")
+            print(f"plot saved to {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from .answers import INVALID, load_answer
 from .io import InputError, LabelError, fast_loads, read_records
 from .metrics import Rouge, Scorer
-from .tasks import get_task
+from .tasks import TASKS, get_task
 
 MAX_WARNINGS = 5
 
@@ -120,16 +120,72 @@ def _resolve_task(rec: dict, path, line: int, seen: dict):
     return seen["task"]
 
 
-def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, Any], None]):
-    """Read ``path`` and return ``(task, instances)``; raises InputError for a bad file."""
+@dataclass
+class Integrity:
+    """Lines that the original merged silently; each is scored correctly and counted (reported on stderr)."""
+
+    duplicates: int = 0  # a line repeating an earlier one (same id and instruction): skipped
+    shared_ids: int = 0  # texts sharing the id of another text: scored as instances of their own
+    relabelled: int = 0  # the same id and text with another label: scored as instances of their own
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.duplicates:
+            out.append(f"{self.duplicates} lines repeat an earlier line (same id and instruction): skipped, the "
+                       "first answer of each is scored")
+        if self.shared_ids:
+            out.append(f"{self.shared_ids} texts share the id of another text: each is scored as its own instance")
+        if self.relabelled:
+            out.append(f"{self.relabelled} records repeat the id and text of another with a different label: each "
+                       "is scored as its own instance")
+        return out
+
+
+def _check_task(rec: dict, task, path, line: int) -> None:
+    """``--task`` must not contradict the record's own ``task`` field."""
+    name = rec.get("task")
+    if type(name) is str and name.upper() != task.name and name.upper() in TASKS:
+        raise InputError(path, line, f"--task {task.name} but the record's task is {name!r}; pass the right "
+                                     "--task (or none, to take it from the records)")
+
+
+def _gold(task, labels, path, line: int) -> list:
+    if not isinstance(labels, list):
+        raise InputError(path, line, f"'label' must hold a JSON list of {task.name} labels, got "
+                                     f"{type(labels).__name__}")
+    for i, item in enumerate(labels):
+        problem = task.label_problem(item)
+        if problem:
+            raise InputError(path, line, f"'label'[{i}]: {problem} (not {task.name} gold: wrong --task?)")
+    try:
+        return task.gold(labels)
+    except LabelError as err:
+        raise InputError(path, line, f"'label': {err}") from None
+    except (KeyError, TypeError, AttributeError, IndexError):
+        raise InputError(path, line, f"'label' does not have the shape of {task.name} labels") from None
+
+
+def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, Any], None],
+            integrity: Integrity | None = None):
+    """Read ``path`` and return ``(task, instances)``; raises InputError for a bad file.
+
+    Lines are merged into instances by ``source + id`` as the original did, except that a line whose text
+    (``instruction.input``) or ``label`` differs from the first line of its id starts an instance of its own,
+    and an exact repeat of an earlier line (same id and instruction) is skipped; ``integrity`` counts both.
+    """
     task = get_task(opts.task) if opts.task else None
+    integrity = integrity if integrity is not None else Integrity()
     seen: dict = {}
     uses_schema = None
-    instances: dict[tuple[str, str], Instance] = {}
+    instances: dict[tuple, Instance] = {}
+    first: dict[tuple[str, str], tuple] = {}  # (source, id) -> (text, label) of its first line
+    lines: set[int] = set()  # hashes of (instance, instruction) of the lines read: repeats are skipped
     repair = opts.repair
-    for line, rec in read_records(path, fast=True):  # only string fields are read
+    for line, rec in read_records(path, fast=True, strict_text=False):  # only string fields are read
         if opts.task is None:
             task = _resolve_task(rec, path, line, seen)
+        else:
+            _check_task(rec, task, path, line)
         if uses_schema is None:
             uses_schema = getattr(task, "parse_uses_schema", True)  # unknown: decode to be safe
         output = _string_field(rec, "output", path, line)
@@ -139,21 +195,32 @@ def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, An
             source = "None"  # the original's missing-source key
         elif type(source) is not str:
             raise InputError(path, line, f"'source' must be a string, got {type(source).__name__}")
-        key = (source, rid)
+        base = (source, rid)
+        ident = first.get(base)
+        instruction = _instruction(rec, path, line, required=ident is None)
+        text = instruction.get("input") if instruction else None
+        label = rec.get("label")
+        if ident is None:
+            key = base
+            first[base] = ident = (text, label)
+        elif (text is None or text == ident[0]) and (label is None or label == ident[1]):
+            key = base
+        else:
+            key = (source, rid, text, label)
+            if key not in instances:
+                if text is None or text == ident[0]:
+                    integrity.relabelled += 1
+                else:
+                    integrity.shared_ids += 1
         inst = instances.get(key)
-        instruction = None
         if inst is None:
-            instruction = _instruction(rec, path, line, required=True)
-            labels = _json_field(rec, "label", path, line)
-            try:
-                gold = task.gold(labels)
-            except LabelError as err:
-                raise InputError(path, line, f"'label': {err}") from None
-            except (KeyError, TypeError, AttributeError, IndexError):
-                raise InputError(path, line, f"'label' does not have the shape of {task.name} labels") from None
+            gold = _gold(task, _json_field(rec, "label", path, line), path, line)
             inst = instances[key] = Instance(line, _category(rec, instruction, opts.sort_by, path, line), gold)
-        elif uses_schema:
-            instruction = _instruction(rec, path, line, required=False)
+        fingerprint = hash((key, rec.get("instruction")))
+        if fingerprint in lines:
+            integrity.duplicates += 1
+            continue
+        lines.add(fingerprint)
         value, repaired = load_answer(output, repair)
         if repaired:
             inst.repaired += 1
@@ -185,11 +252,14 @@ def evaluate(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, A
     warn = warn or Warnings(path)
     gc_was_on = gc.isenabled()
     gc.disable()  # only acyclic containers are built; generation-2 passes over them cost as much as the parsing
+    integrity = Integrity()
     try:
-        task, instances = collect(path, opts, warn)
+        task, instances = collect(path, opts, warn, integrity)
     finally:
         if gc_was_on:
             gc.enable()
+    for note in integrity.notes():
+        print(f"{path}: note: {note}", file=sys.stderr)
     scorer = Scorer(task.metric, task.label_of, opts.match_mode, opts.repair)
     for inst in instances.values():
         scorer.add(inst.gold, inst.preds, inst.errors, inst.repaired, inst.category)

@@ -5,6 +5,9 @@ import codecs
 import contextlib
 import json
 import os
+import re
+import signal
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -49,13 +52,95 @@ def fail(error: InputError, code: int = 2) -> "NoReturn":  # noqa: F821
     raise SystemExit(code)
 
 
+# ---- signals: SIGINT / SIGTERM / SIGHUP unwind like an error, so temporary files are removed ----------------
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT / SIGTERM / SIGHUP; :func:`cli_errors` turns it into exit 128 + N."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    for s in SIGNALS:  # a second signal must not interrupt the clean-up of the first
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def cli_errors():
-    """Turn InputError into the one-line message and exit status 2 every command uses."""
+    """The frame of every command: ``InputError`` -> one line, exit 2; an ``OSError`` while writing -> one
+    line, exit 1; SIGINT / SIGTERM / SIGHUP -> temporary files removed (the exception unwinds through
+    :func:`atomic_writer`), one line, exit 128 + N (130, 143, 129). No traceback in any of these cases."""
+    previous = {}
+    try:
+        for s in SIGNALS:
+            previous[s] = signal.signal(s, _on_signal)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
     try:
         yield
     except InputError as err:
         fail(err)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}; unfinished output removed, inputs untouched",
+              file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{where}{err.strerror or err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ---- the output guard: checked before any work ---------------------------------------------------------------
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where they would be
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str | os.PathLike, flag: str, inputs: dict[str, Any] | None = None,
+                 directory: bool = False) -> None:
+    """Refuse (``InputError``) an output location that would destroy an input or cannot be written.
+
+    ``inputs``: ``{flag: path}`` of everything the command reads (None values skipped); an output that is the
+    same file as one of them (``os.path.samefile``, else the resolved path) is refused. The output must not be
+    a directory (``directory=True``: must be one, or not exist), nor a special file, nor under a regular
+    file, and the nearest existing folder above it must be writable. Call before the model loads or the data is
+    read; ``-`` (stdout) passes.
+    """
+    path = os.fspath(path)
+    if path == "-":
+        return
+    for in_flag, src in (inputs or {}).items():
+        if src is not None and src != "-" and _same_file(path, os.fspath(src)):
+            raise InputError(path, None, f"{flag} is the same file as {in_flag}; refusing to overwrite an input "
+                                         "(choose another output path)")
+    if os.path.isdir(path):
+        if not directory:
+            raise InputError(path, None, f"{flag} is a directory; give a file path")
+    elif os.path.lexists(path):
+        if directory:
+            raise InputError(path, None, f"{flag} must be a directory, this is a file")
+        if not stat.S_ISREG(os.stat(path).st_mode if os.path.exists(path) else stat.S_IFLNK):
+            raise InputError(path, None, f"{flag} is not a regular file (it would be replaced by one)")
+    folder = os.path.dirname(os.path.abspath(path if not directory else os.path.join(path, "x")))
+    while not os.path.exists(folder):
+        if os.path.lexists(folder):  # a dangling symlink
+            raise InputError(path, None, f"{flag}: {folder} is a broken symbolic link")
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise InputError(path, None, f"{flag}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(path, None, f"{flag}: cannot write in {folder} (permission denied)")
 
 
 def _decode(raw: bytes, path, line: int) -> str:
@@ -83,12 +168,48 @@ def _json_error(err: json.JSONDecodeError) -> str:
     return f"invalid JSON: {err.msg} (column {err.colno})"
 
 
-def read_records(path: str | os.PathLike, what: str = "record", fast: bool = False) -> Iterator[tuple[int, dict]]:
+TOO_DEEP = "invalid JSON: nested too deeply"
+LONE_SURROGATE = ("a string holds a lone surrogate (a \\ud800-\\udfff escape without its pair): not Unicode "
+                  "text, cannot be written as UTF-8")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def text_problem(value: Any, source: str | bytes) -> str | None:
+    """Why a decoded JSON ``value`` cannot be written back as UTF-8 (a lone surrogate), or None.
+
+    ``source`` is the JSON text it was decoded from: only text with a surrogate escape is examined further.
+    """
+    escapes = _SURROGATE_ESCAPE_BYTES if isinstance(source, bytes) else _SURROGATE_ESCAPE
+    if not escapes.search(source):
+        return None
+    try:
+        dumps(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE
+    return None
+
+
+def escape_surrogates(json_text: str) -> str:
+    """JSON text with every lone surrogate written as its ``\\uXXXX`` escape: the same JSON value, and UTF-8
+    encodable (``json.dumps(..., ensure_ascii=False)`` leaves them raw)."""
+    if _RAW_SURROGATE.search(json_text) is None:
+        return json_text
+    return _RAW_SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), json_text)
+
+
+_RAW_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_records(path: str | os.PathLike, what: str = "record", fast: bool = False,
+                 strict_text: bool = True) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` from a JSON Lines file or a file holding one JSON array.
 
     The format is detected from the first non-blank character. Both are streamed, so memory does not grow
     with the file. Blank lines are skipped. Every problem raises :class:`InputError` with the line number.
-    ``fast``: JSON Lines are decoded with :func:`fast_loads` (see its caveat).
+    ``fast``: JSON Lines are decoded with :func:`fast_loads` (see its caveat). ``strict_text``: a string with
+    a lone surrogate (``"\\ud800"``, valid JSON but not Unicode text) is refused; pass False where such text
+    is only scored, never written back (model answers in evaluation).
     """
     try:
         f = open(path, "rb")
@@ -106,12 +227,12 @@ def read_records(path: str | os.PathLike, what: str = "record", fast: bool = Fal
             first = first[3:]
         f.seek(0)
         if first.lstrip()[:1] == b"[":
-            yield from _read_array(f, path, what)
+            yield from _read_array(f, path, what, strict_text)
         else:
-            yield from _read_lines(f, path, what, fast_loads if fast else json.loads)
+            yield from _read_lines(f, path, what, fast_loads if fast else json.loads, strict_text)
 
 
-def _read_lines(f: IO[bytes], path, what: str, loads) -> Iterator[tuple[int, dict]]:
+def _read_lines(f: IO[bytes], path, what: str, loads, strict_text: bool) -> Iterator[tuple[int, dict]]:
     for no, raw in enumerate(f, 1):
         if no == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
@@ -124,12 +245,17 @@ def _read_lines(f: IO[bytes], path, what: str, loads) -> Iterator[tuple[int, dic
         except UnicodeDecodeError:
             _decode(raw, path, no)
             raise
+        except RecursionError:
+            raise InputError(path, no, TOO_DEEP) from None
         if type(rec) is not dict:
             raise InputError(path, no, f"expected a JSON object per line, got {type(rec).__name__}")
+        problem = strict_text and text_problem(rec, raw)
+        if problem:
+            raise InputError(path, no, problem)
         yield no, rec
 
 
-def _read_array(f: IO[bytes], path, what: str) -> Iterator[tuple[int, dict]]:
+def _read_array(f: IO[bytes], path, what: str, strict_text: bool) -> Iterator[tuple[int, dict]]:
     """Incrementally decode the elements of a top-level JSON array."""
     decoder = json.JSONDecoder()
     buf, pos, line = "", 0, 1  # line = line number of buf[pos]
@@ -193,8 +319,13 @@ def _read_array(f: IO[bytes], path, what: str) -> Iterator[tuple[int, dict]]:
                 if not eof and more():
                     continue
                 raise InputError(path, line + buf[pos:err.pos].count("\n"), _json_error(err)) from None
+            except RecursionError:
+                raise InputError(path, line, TOO_DEEP) from None
         if type(rec) is not dict:
             raise InputError(path, line, f"expected a JSON object as array element, got {type(rec).__name__}")
+        problem = strict_text and text_problem(rec, buf[pos:end])
+        if problem:
+            raise InputError(path, line, problem)
         yield line, rec
         line += buf.count("\n", pos, end)
         pos = end
@@ -206,17 +337,23 @@ def _read_array(f: IO[bytes], path, what: str) -> Iterator[tuple[int, dict]]:
 def atomic_writer(path: str | os.PathLike, mode: str = "w"):
     """Write to a temporary file beside ``path``; rename over it only when the block succeeds.
 
-    On any error the temporary file is removed and an existing ``path`` is left untouched.
+    On any error or signal (see :func:`cli_errors`) the temporary file is removed and an existing ``path`` is
+    left untouched. A replaced file keeps its permissions; a new one gets those ``open()`` would give. A
+    symbolic link is written through (its target is replaced, the link stays).
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        keep = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        keep = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "\n") as f:
             yield f
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        os.chmod(tmp, keep)  # mkstemp creates 0600
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -49,8 +49,9 @@ def test_empty_answers_score_0(tmp_path, task):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_duplicated_predictions_normal_vs_set(tmp_path, task):
-    """Each answer given twice: precision halves in normal (multiset) mode, stays 100 in set mode."""
+def test_duplicated_prediction_lines_are_scored_once(tmp_path, task, capsys):
+    """Every line given twice (two runs concatenated): the repeats are skipped and reported, in both modes
+    (the original pooled them: precision 50 for a perfect prediction)."""
     recs = perfect_records(task)
     doubled = []
     for r in recs:
@@ -59,8 +60,9 @@ def test_duplicated_predictions_normal_vs_set(tmp_path, task):
     strict_set = _score(tmp_path, task, doubled, match_mode="set")
     key = _f1_keys(task)[0]
     prefix = key[:-2]
-    assert normal[prefix + "P"] == 50.0 and normal[prefix + "R"] == 100.0
+    assert normal[prefix + "P"] == 100.0 and normal[prefix + "R"] == 100.0
     assert strict_set[key] == 100.0
+    assert f"{len(recs)} lines repeat an earlier line" in capsys.readouterr().err
 
 
 def test_spo_keeps_types_of_shared_predicates(tmp_path):

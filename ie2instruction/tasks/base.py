@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..io import InputError, LabelError
+from ..io import TOO_DEEP, InputError, LabelError, text_problem
 
 NAN = "NAN"
 
@@ -31,8 +31,10 @@ def read_schema(path: str | Path) -> Schema:
         raw = Path(path).read_bytes()
     except OSError as err:
         raise InputError(path, None, f"cannot read the schema file: {err.strerror}") from None
-    try:
-        lines = raw.decode("utf-8-sig").splitlines()
+    try:  # only \n ends a line: str.splitlines would also split inside a label holding U+2028 or U+0085
+        lines = [line.rstrip("\r") for line in raw.decode("utf-8-sig").split("\n")]
+        while lines and not lines[-1].strip():
+            lines.pop()
     except UnicodeDecodeError:
         raise InputError(path, None, "the schema file is not UTF-8") from None
     if len(lines) < 3:
@@ -43,6 +45,11 @@ def read_schema(path: str | Path) -> Schema:
             values.append(json.loads(line))
         except json.JSONDecodeError as err:
             raise InputError(path, no, f"invalid JSON: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise InputError(path, no, TOO_DEEP) from None
+        problem = text_problem(values[-1], line)
+        if problem:
+            raise InputError(path, no, problem)
     for no in (1, 2):
         if not _is_str_list(values[no - 1]):
             raise InputError(path, no, "expected a JSON list of strings")

@@ -89,11 +89,14 @@ def test_resume_after_kill_gives_one_answer_per_record(tiny, ner_test, tmp_path)
     clean = tmp_path / "clean.json"
     predict_file(engine(tiny, 4, 8), make, ner_test, clean, window=5)
     out = tmp_path / "sub" / "out.json"
-    with pytest.raises(Crash):
+    with pytest.raises(Crash):  # a fresh run writes a temporary file: a crash leaves nothing behind
         predict_file(CrashAfter(engine(tiny, 4, 8), 2), make, ner_test, out, window=5)
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+    with pytest.raises(Crash):  # --resume appends as it goes
+        predict_file(CrashAfter(engine(tiny, 4, 8), 2), make, ner_test, out, resume=True, window=5)
     assert len(read_jsonl(out)) == 10
     with open(out, "a", encoding="utf-8") as f:  # a torn last line, as a kill in mid-write leaves
-        f.write('{"id": "torn", "instru')
+        f.write(clean.read_text(encoding="utf-8").splitlines()[10][:40])
     counts = predict_file(engine(tiny, 4, 8), make, ner_test, out, resume=True, window=5)
     assert counts.skipped == 10 and counts.generated == counts.records - 10
     assert out.read_text(encoding="utf-8") == clean.read_text(encoding="utf-8")
@@ -109,7 +112,7 @@ def test_resume_refuses_an_output_of_another_input(tiny, ner_test, tmp_path):
     out.write_text(json.dumps({"instruction": "something else", "output": "{}"}) + "\n", encoding="utf-8")
     from ie2instruction.io import InputError
 
-    with pytest.raises(InputError, match="not for"):
+    with pytest.raises(InputError, match="not the answer to"):
         predict_file(engine(tiny, 4, 4), lambda r: build_prompt_ids(template, tok, r, 512), ner_test, out,
                      resume=True)
 

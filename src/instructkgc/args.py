@@ -28,7 +28,8 @@ class ModelArguments:
                                                                "qwen, qwen2, moss, falcon, mistral, ..."})
     cache_dir: Optional[str] = field(default=None)
     use_fast_tokenizer: bool = field(default=True)
-    trust_remote_code: bool = field(default=True)
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code shipped in the model "
+                                                                     "folder (auto_map); off unless given."})
     use_auth_token: bool = field(default=False, metadata={"help": "Unused (kept for old command lines)."})
     model_revision: str = field(default="main")
     split_special_tokens: bool = field(default=False)

@@ -40,11 +40,15 @@ def apply_saved_defaults(argv, model_args, data_args) -> None:
                            "degrade", key, getattr(target, key), key, saved[key], model_args.checkpoint_dir[0])
 
 
-def _check(infer_args, generating_args) -> None:
+def _check(infer_args, generating_args, data_args) -> None:
     if not infer_args.input_file:
         raise UsageError("--input_file is required")
     if not infer_args.output_file:
         raise UsageError("--output_file is required")
+    if generating_args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be at least 1, got {generating_args.max_new_tokens}")
+    if data_args.cutoff_len < 1:
+        raise UsageError(f"--cutoff_len must be at least 1, got {data_args.cutoff_len}")
     if infer_args.constrained_decoding and infer_args.backend == "hf":
         from .infer.constrained import require_xgrammar
 
@@ -109,33 +113,32 @@ def report(counts, output_file, cutoff_flag: str = "--cutoff_len") -> None:
 
 def run(argv=None):
     """Parse ``argv``, answer the input file, return the counts."""
-    from ie2instruction.io import InputError
-    from ie2instruction.io import fail as fail_input
+    from ie2instruction.io import cli_errors
 
     from .args import parse_infer_args
-    from .infer.records import check_input, predict_file
+    from .infer.records import check_files, predict_file
     from .template import build_prompt_ids
 
     argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, _, finetuning_args, generating_args, infer_args = parse_infer_args(argv)
-    try:
-        apply_saved_defaults(argv, model_args, data_args)
-        _check(infer_args, generating_args)
-        check_input(infer_args.input_file)  # bad input fails before the model is loaded
-        engine, tokenizer, template = build_engine(model_args, data_args, finetuning_args, generating_args,
-                                                   infer_args)
+    with cli_errors():
         try:
-            counts = predict_file(
-                engine, lambda record: build_prompt_ids(template, tokenizer, record, data_args.cutoff_len),
-                infer_args.input_file, infer_args.output_file, resume=infer_args.resume,
-                constrained=infer_args.constrained_decoding, window=max(64, 8 * infer_args.batch_size))
-        finally:
-            engine.close()
-    except UsageError as err:
-        fail(str(err))
-    except InputError as err:
-        fail_input(err)
-    report(counts, infer_args.output_file)
+            apply_saved_defaults(argv, model_args, data_args)
+            _check(infer_args, generating_args, data_args)
+            # bad input, an unusable output path or a wrong --resume file fail before the model is loaded
+            check_files(infer_args.input_file, infer_args.output_file, infer_args.resume)
+            engine, tokenizer, template = build_engine(model_args, data_args, finetuning_args, generating_args,
+                                                       infer_args)
+            try:
+                counts = predict_file(
+                    engine, lambda record: build_prompt_ids(template, tokenizer, record, data_args.cutoff_len),
+                    infer_args.input_file, infer_args.output_file, resume=infer_args.resume,
+                    constrained=infer_args.constrained_decoding, window=max(64, 8 * infer_args.batch_size))
+            finally:
+                engine.close()
+        except UsageError as err:
+            fail(str(err))
+        report(counts, infer_args.output_file)
     return counts
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,36 @@ def load_saved_train_args(checkpoint_dir) -> Optional[dict]:
         return None
 
 
+def _has_auto_map(path) -> bool:
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in json.loads((Path(path) / name).read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError, TypeError):
+            continue
+    return False
+
+
+def load_error(path, what: str, exc: Exception, trust_remote_code: bool, flag: str = "--model_name_or_path"):
+    """The one-line UsageError for a model folder that does not load; when it ships its own code (``auto_map``)
+    and that code is not trusted, the message says which flag runs it."""
+    text = str(exc)
+    if not trust_remote_code and ("trust_remote_code" in text or _has_auto_map(path)):
+        return UsageError(f"{flag} {path}: the model ships its own Python code (auto_map), which runs only when "
+                          "you trust it: add --trust_remote_code")
+    return UsageError(f"{flag} {path}: cannot load {what} ({text.splitlines()[0] if text else type(exc).__name__})")
+
+
+def load_config(path, trust_remote_code: bool = False, flag: str = "--model_name_or_path", **kwargs):
+    """``AutoConfig.from_pretrained`` with remote code off unless asked; UsageError (one line) on failure."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise load_error(path, "a model config", exc, trust_remote_code, flag) from None
+
+
 def _model_path(model_args, finetuning_args) -> str:
     if finetuning_args.finetuning_type != "lora" and model_args.checkpoint_dir:
         return model_args.checkpoint_dir[0]
@@ -56,9 +87,8 @@ def load_tokenizer(model_args, finetuning_args=None):
             padding_side="left", trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir,
             revision=model_args.model_revision,
         )
-    except OSError as exc:
-        raise UsageError(f"--model_name_or_path {path}: cannot load a tokenizer ({str(exc).splitlines()[0]})") \
-            from None
+    except (OSError, ValueError) as exc:
+        raise load_error(path, "a tokenizer", exc, model_args.trust_remote_code) from None
     if tokenizer.eos_token_id is None:
         tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
     if tokenizer.pad_token_id is None:
@@ -236,6 +266,19 @@ def init_adapter(model, model_args, finetuning_args, is_trainable: bool):
     return model
 
 
+@contextmanager
+def _adapter_fits(paths):
+    """An adapter trained on a model of another width: one line instead of peft's size-mismatch traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+        if mismatch is None:
+            raise
+        raise UsageError(f"--checkpoint_dir {','.join(paths or [])}: an adapter trained on a model of another "
+                         f"size than --model_name_or_path ({mismatch[:200]})") from None
+
+
 def _check_adapter_dir(path) -> None:
     if not (Path(path) / "adapter_config.json").is_file():
         raise UsageError(f"--checkpoint_dir {path}: no adapter_config.json (not a LoRA folder)")
@@ -255,15 +298,13 @@ def load_model_and_tokenizer(model_args, finetuning_args, is_trainable: bool, co
     ``template``: when given, the template's tokenizer fixes are applied first, so the embeddings can be
     resized for tokens it adds.
     """
-    from transformers import AutoConfig
-
     tokenizer = load_tokenizer(model_args, finetuning_args)
     if template:
         from .template import get_template_and_fix_tokenizer
         get_template_and_fix_tokenizer(template, tokenizer)
     path = _model_path(model_args, finetuning_args)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
-                                        cache_dir=model_args.cache_dir, revision=model_args.model_revision)
+    config = load_config(path, model_args.trust_remote_code, cache_dir=model_args.cache_dir,
+                         revision=model_args.model_revision)
     dtype = infer_dtype(config, compute_dtype if compute_dtype is not None else model_args.compute_dtype)
     kwargs = dict(config=config, dtype=dtype, trust_remote_code=model_args.trust_remote_code,
                   cache_dir=model_args.cache_dir, revision=model_args.model_revision)
@@ -276,7 +317,8 @@ def load_model_and_tokenizer(model_args, finetuning_args, is_trainable: bool, co
     resize_embeddings(model, tokenizer)
     if is_trainable:
         model = _prepare_for_training(model, model_args, finetuning_args, gradient_checkpointing)
-    model = init_adapter(model, model_args, finetuning_args, is_trainable)
+    with _adapter_fits(model_args.checkpoint_dir):
+        model = init_adapter(model, model_args, finetuning_args, is_trainable)
     if is_trainable:
         model.train()
     else:

@@ -352,15 +352,22 @@ def main(argv=None) -> None:
     parser.add_argument("--query", required=True)
     parser.add_argument("--response", default=None)
     parser.add_argument("--system", default=None)
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run Python code shipped in the tokenizer folder (auto_map); off unless given")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
+    from .loader import load_error
+    from .utils import fail
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        fail(str(load_error(args.tokenizer, "a tokenizer", exc, args.trust_remote_code, "--tokenizer")))
+    try:
         template = get_template_and_fix_tokenizer(args.template, tokenizer)
         prompt, response = template.encode_oneturn(tokenizer, args.query, args.response or "", args.system)
     except (OSError, ValueError) as exc:
-        from .utils import fail
         fail(str(exc).splitlines()[0])
     if args.response is not None:
         response = response + template.final_eos_ids(tokenizer)

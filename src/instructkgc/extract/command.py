@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 
-from ie2instruction.io import InputError, fail
+from ie2instruction.io import InputError, cli_errors, fail
+from ie2instruction.io import check_output as guard_output
 from ie2instruction.tasks import TASKS, get_task
 
 from ..utils import UsageError
@@ -17,6 +19,7 @@ from .documents import load_schema, read_documents
 from .export import DEFAULT_BASE_IRI, FORMATS, check_format, check_output, write_results
 from .ground import result_field
 
+NEO4J_FILES = ("nodes.csv", "relationships.csv")
 DEFAULT_SPLIT_NUM = {"NER": 6, "RE": 4, "SPO": 4, "EE": 4, "EET": 4, "EEA": 4, "KG": 1}
 
 
@@ -55,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--keep_ungrounded", action="store_true",
                    help="keep extracted spans that do not occur in the text (with null offsets)")
     p.add_argument("--base_iri", default=DEFAULT_BASE_IRI, help="namespace of the IRIs in --format turtle")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="run Python code shipped in the model folder (auto_map); off unless given")
     return p
 
 
@@ -92,6 +97,10 @@ def _check(args) -> None:
         raise UsageError(f"unknown --template {args.template!r}; choose one of: auto, " + ", ".join(template_names()))
     check_format(args.format)
     check_output(args.output, args.format)
+    inputs = {"--input": args.input, "--schema": args.schema if os.path.isfile(args.schema) else None}
+    outputs = [args.output] if args.format != "neo4j" else [os.path.join(args.output, name) for name in NEO4J_FILES]
+    for out in outputs:
+        guard_output(out, "--output", inputs)
 
 
 def _constrained(args) -> bool:
@@ -106,7 +115,8 @@ def load_engine(args, constrained: bool):
     from ..inference import build_engine
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_name=args.model_name,
-                                checkpoint_dir=args.checkpoint_dir, bits=args.bits)
+                                checkpoint_dir=args.checkpoint_dir, bits=args.bits,
+                                trust_remote_code=args.trust_remote_code)
     data_args = DataArguments(template=args.template, cutoff_len=args.cutoff_len)
     generating_args = GenerationArguments(max_new_tokens=args.max_new_tokens)
     infer_args = InferArguments(batch_size=args.batch_size, backend=args.backend, constrained_decoding=constrained)
@@ -151,10 +161,9 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except InputError as err:
-        fail(err)
-    except UsageError as err:
-        fail(InputError(None, None, str(err).splitlines()[0] if str(err) else "invalid arguments"))
+    with cli_errors():
+        try:
+            run(args)
+        except UsageError as err:
+            fail(InputError(None, None, str(err).splitlines()[0] if str(err) else "invalid arguments"))
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ie2instruction.io import InputError, LabelError, read_records
+from ie2instruction.io import TOO_DEEP, InputError, LabelError, read_records, text_problem
 from ie2instruction.tasks import Schema, Task, read_schema
 
 STDIN = "<stdin>"
@@ -42,7 +42,7 @@ def _looks_json(first: bytes) -> bool:
         return False
     try:
         return isinstance(json.loads(first), dict)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
 
 
@@ -125,6 +125,11 @@ def load_schema(task: Task, value: str) -> Schema:
             parsed = json.loads(text)
         except json.JSONDecodeError as err:
             raise InputError(where, None, f"invalid JSON: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise InputError(where, None, TOO_DEEP) from None
+        problem = text_problem(parsed, text)
+        if problem:
+            raise InputError(where, None, problem)
         try:
             schema = task.schema_from_json(parsed)
         except LabelError as err:

@@ -1,13 +1,16 @@
-"""Instruction records in, the same records with ``output`` out: appended in input order, resumable.
+"""Instruction records in, the same records with ``output`` out, in input order; resumable with ``--resume``.
 
 The input is read twice, streaming: once to check every record (bad input fails before anything is
 written) and once to generate. Records are generated in windows of a few batches (sorted by length inside
-the engine) and each window is appended in input order as complete JSON lines, flushed and synced. A run
-killed at any point therefore leaves a prefix of the answers, at most one torn last line, which ``--resume``
-drops and redoes, so the final file holds exactly one answer per input record.
+the engine) and each window is written in input order as complete JSON lines. A fresh run writes them to a
+temporary file that replaces the output only when every record is answered. With ``--resume`` each window is
+appended to the output itself, flushed and synced: a run killed at any point leaves a prefix of the answers
+and at most one torn last line, which the next ``--resume`` verifies, drops and redoes, so the final file holds
+exactly one answer per input record. ``--resume`` refuses a file that is not such a prefix, untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -16,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ie2instruction.io import InputError, dumps, read_records
+from ie2instruction.io import InputError, atomic_writer, check_output, dumps, read_records
 
 
 @dataclass
@@ -36,12 +39,29 @@ class Counts:
 
 
 def check_input(path) -> int:
-    """Validate every record of ``path`` (JSON array or JSONL); return how many there are."""
+    """Validate every record of ``path`` (JSON array or JSONL); return how many there are (at least one)."""
     n = 0
     for line, record in read_records(path):
         if not isinstance(record.get("instruction"), str) or not record["instruction"]:
             raise InputError(path, line, "record has no 'instruction' string")
+        for name in ("input", "system"):
+            if record.get(name) is not None and not isinstance(record[name], str):
+                raise InputError(path, line, f"'{name}' must be a string, got {type(record[name]).__name__}")
         n += 1
+    if not n:
+        raise InputError(path, None, "no records: the input is empty")
+    return n
+
+
+def check_files(input_file, output_file, resume: bool, input_flag: str = "--input_file",
+                output_flag: str = "--output_file") -> int:
+    """Everything about the files that can fail, checked before a model loads: the output is not an input and
+    can be written, every input record is valid, and with ``resume`` the output is this input's unfinished
+    answers. Returns the number of records."""
+    check_output(output_file, output_flag, {input_flag: input_file})
+    n = check_input(input_file)
+    if resume:
+        resume_point(output_file, input_file)
     return n
 
 
@@ -67,43 +87,51 @@ def answer_schema(record: dict, path=None, line: Optional[int] = None) -> dict:
 
 
 def resume_point(output_file, input_file) -> int:
-    """Answers already in ``output_file`` (a torn last line is cut off), checked against the input."""
+    """How many answers ``output_file`` already holds for ``input_file``, verified line by line.
+
+    Every complete line must be the answer to the input record of the same rank (the record plus its
+    ``output``); a last line without its newline (a run killed in mid-write) must be the start of the next
+    answer, and is cut off. Anything else raises InputError and leaves the file untouched.
+    """
     out = Path(output_file)
-    if not out.is_file():
+    if not out.exists():
         return 0
     data = out.read_bytes()
     end = data.rfind(b"\n") + 1
-    lines = data[:end].splitlines()
-    good = 0
-    offset = 0
-    for raw in lines:
+    lines = data[:end].split(b"\n")[:-1]
+    records = read_records(input_file)
+    refuse = f"--resume: {out} is not an unfinished output of {input_file}; use another --output_file or " \
+             "run without --resume"
+    for k, raw in enumerate(lines, 1):
+        item = next(records, None)
+        if item is None:
+            raise InputError(out, k, f"--resume: more answers than records in {input_file}")
+        line, record = item
         try:
-            rec = json.loads(raw)
-        except ValueError:
-            break
-        if not isinstance(rec, dict) or "output" not in rec:
-            break
-        good += 1
-        offset += len(raw) + 1
-    if offset < len(data):  # a torn or damaged tail: drop it, it is generated again
-        with open(out, "r+b") as f:
-            f.truncate(offset)
-    if good:
-        _check_alignment(out, input_file, good)
-    return good
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InputError(out, k, refuse + " (not a JSON line)") from None
+        if not (isinstance(answer, dict) and isinstance(answer.get("output"), str)
+                and _without_output(answer) == _without_output(record)):
+            raise InputError(out, k, f"--resume: this line is not the answer to {input_file}:{line}; "
+                                     "use another --output_file or run without --resume")
+    if end < len(data):
+        item = next(records, None)
+        if item is None or not _answer_start(item[1]).startswith(data[end:]):
+            raise InputError(out, len(lines) + 1, refuse + " (its last line is not the start of an answer)")
+        with open(out, "r+b") as f:  # verified: a torn answer, generated again
+            f.truncate(end)
+    return len(lines)
 
 
-def _check_alignment(out: Path, input_file, n: int) -> None:
-    """The first ``n`` answers must belong to the first ``n`` input records (same instruction)."""
-    with open(out, "rb") as f:
-        answers = (json.loads(raw) for raw in f)
-        for k, ((line, record), answer) in enumerate(zip(read_records(input_file), answers), 1):
-            if answer.get("instruction") != record.get("instruction"):
-                raise InputError(out, k, f"--resume: this answer is not for {input_file}:{line} (different "
-                                         "instruction); use another --output_file or run without --resume")
-            if k == n:
-                return
-    raise InputError(out, n, f"--resume: more answers than records in {input_file}")
+def _without_output(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "output"}
+
+
+def _answer_start(record: dict) -> bytes:
+    """The bytes an answer line to ``record`` starts with, up to its ``output`` value."""
+    marker = "\x00output\x00"
+    return (dumps({**record, "output": marker}).split(dumps(marker))[0]).encode("utf-8")
 
 
 def _windows(path, skip: int, size: int) -> Iterator[list[tuple[int, dict]]]:
@@ -141,6 +169,19 @@ class _Progress:
             self.bar.close()
 
 
+@contextlib.contextmanager
+def _output(out: Path, resume: bool):
+    """``--resume``: append to the (verified) file, each window synced, so a killed run can continue. A fresh
+    run writes a temporary file renamed over ``out`` at the end: an existing output survives any failure."""
+    if not resume:
+        with atomic_writer(out) as f:
+            yield f
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8", newline="\n") as f:
+        yield f
+
+
 def predict_file(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], input_file, output_file,
                  resume: bool = False, constrained: bool = False, window: int = 256) -> Counts:
     """Answer every record of ``input_file`` into ``output_file`` with ``engine``.
@@ -152,11 +193,10 @@ def predict_file(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], 
         for line, record in read_records(input_file):
             answer_schema(record, input_file, line)
     out = Path(output_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
     counts.skipped = resume_point(out, input_file) if resume else 0
     progress = _Progress(counts.records, counts.skipped)
     try:
-        with open(out, "a" if resume else "w", encoding="utf-8", newline="\n") as f:
+        with _output(out, resume) as f:
             for batch in _windows(input_file, counts.skipped, window):
                 prompts = []
                 for _, record in batch:

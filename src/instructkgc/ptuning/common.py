@@ -6,21 +6,17 @@ from typing import Optional
 from ..utils import UsageError
 
 
-def load_base(model_dir: str, dtype=None, template: Optional[str] = None):
+def load_base(model_dir: str, dtype=None, template: Optional[str] = None, trust_remote_code: bool = False,
+              flag: str = "--model_dir"):
     """``(model, tokenizer, template_name)``: the frozen base model in eval mode, the tokenizer fixed for the
     template (``template`` None: ``auto`` when the tokenizer has a chat template, else ``default``)."""
-    from transformers import AutoConfig
-
     from ..args import FinetuningArguments, ModelArguments
-    from ..loader import load_model_and_tokenizer, load_tokenizer
+    from ..loader import load_config, load_model_and_tokenizer, load_tokenizer
     from ..template import template_names
 
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--model_dir {model_dir}: cannot load a model config ({str(exc).splitlines()[0]})") \
-            from None
-    model_args = ModelArguments(model_name_or_path=model_dir, model_name=getattr(config, "model_type", "other"))
+    config = load_config(model_dir, trust_remote_code, flag)
+    model_args = ModelArguments(model_name_or_path=model_dir, model_name=getattr(config, "model_type", "other"),
+                                trust_remote_code=trust_remote_code)
     finetuning_args = FinetuningArguments(finetuning_type="full")
     if template is None:
         tokenizer = load_tokenizer(model_args)

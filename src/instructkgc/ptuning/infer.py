@@ -38,6 +38,8 @@ class PtuningInferArguments:
     constrained_decoding: bool = field(default=False, metadata={"help": "JSON-schema constrained decoding "
                                                                         "(xgrammar)."})
     local_rank: int = field(default=-1, metadata={"help": "Unused (set by launchers)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code shipped in the model "
+                                                                     "folder (auto_map); off unless given."})
 
     def resolve(self, saved: dict) -> None:
         """Fill defaults from the checkpoint's training settings and check the values."""
@@ -83,15 +85,16 @@ def _device(name: str):
     return torch.device(f"cuda:{index}")
 
 
-def load_ptuned(model_dir: str, ori_model_dir: str, device=None, template: Optional[str] = None):
+def load_ptuned(model_dir: str, ori_model_dir: str, device=None, template: Optional[str] = None,
+                trust_remote_code: bool = False):
     """``(generator, tokenizer, template)``: base model + checked prefixes, ready for the HF engine."""
     from ..template import get_template_and_fix_tokenizer
     from .common import cuda_dtype, load_base
     from .prefix import PrefixGenerator, check_checkpoint, load_prefix
 
-    check_checkpoint(model_dir, ori_model_dir)
+    check_checkpoint(model_dir, ori_model_dir, trust_remote_code, "--ori_model_dir")
     dtype = cuda_dtype() if device is None or device.type == "cuda" else None
-    model, tokenizer, template = load_base(ori_model_dir, dtype, template)
+    model, tokenizer, template = load_base(ori_model_dir, dtype, template, trust_remote_code, "--ori_model_dir")
     model = load_prefix(model, model_dir, is_trainable=False)
     if device is not None:
         model.to(device)
@@ -103,7 +106,7 @@ def run(args: PtuningInferArguments):
     """Predict every record of ``test_path`` into ``output_file``; returns the counts."""
     from ..infer.engine import SamplingSettings
     from ..infer.hf_engine import HFEngine
-    from ..infer.records import check_input, predict_file
+    from ..infer.records import check_files, predict_file
     from ..inference import report
     from ..template import build_prompt_ids, stop_token_ids
     from .prefix import checkpoint_settings, read_checkpoint_config
@@ -112,9 +115,9 @@ def run(args: PtuningInferArguments):
     args.resolve(checkpoint_settings(args.model_dir))
     if not os.path.isfile(args.test_path):
         raise UsageError(f"--test_path {args.test_path}: file not found")
-    check_input(args.test_path)  # bad input fails before the model is loaded
+    check_files(args.test_path, args.output_file, args.resume, "--test_path")  # before the model is loaded
     generator, tokenizer, template = load_ptuned(args.model_dir, args.ori_model_dir, _device(args.device),
-                                                 args.template)
+                                                 args.template, args.trust_remote_code)
     engine = HFEngine(generator, tokenizer, stop_token_ids(template, tokenizer),
                       SamplingSettings(max_new_tokens=args.max_new_tokens), batch_size=args.batch_size,
                       constrained=args.constrained_decoding)
@@ -129,12 +132,10 @@ def run(args: PtuningInferArguments):
 
 
 def main(argv=None) -> None:
-    from ie2instruction.io import InputError
-    from ie2instruction.io import fail as fail_input
+    from ie2instruction.io import cli_errors
 
-    try:
-        run(parse_args(argv))
-    except UsageError as exc:
-        fail(str(exc))
-    except InputError as exc:
-        fail_input(exc)
+    with cli_errors():
+        try:
+            run(parse_args(argv))
+        except UsageError as exc:
+            fail(str(exc))

@@ -85,15 +85,12 @@ def check_compatible(model_config, folder, saved: dict) -> None:
                          f"(checkpoint vs base: {'; '.join(problems)})")
 
 
-def check_checkpoint(folder, model_dir) -> dict:
+def check_checkpoint(folder, model_dir, trust_remote_code: bool = False, flag: str = "--model_dir") -> dict:
     """Check a checkpoint against the base model's config before any weights load; returns its adapter config."""
-    from transformers import AutoConfig
+    from ..loader import load_config
 
     saved = read_checkpoint_config(folder)
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{model_dir}: cannot load a model config ({str(exc).splitlines()[0]})") from None
+    config = load_config(model_dir, trust_remote_code, flag)
     check_compatible(config, folder, saved)
     return saved
 

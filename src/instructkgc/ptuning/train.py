@@ -45,12 +45,16 @@ class PtuningTrainArguments:
     deepspeed: Optional[str] = field(default=None, metadata={"help": "DeepSpeed config file (optional)."})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed / torch launchers."})
     prompt_text: str = field(default="", metadata={"help": "Unused (kept for old command lines)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code shipped in the model "
+                                                                     "folder (auto_map); off unless given."})
 
     def check(self) -> None:
         if not self.model_dir:
             raise UsageError("--model_dir is required")
         if not os.path.isfile(self.train_path):
             raise UsageError(f"--train_path {self.train_path}: file not found")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise UsageError(f"--output_dir {self.output_dir} is a file, not a folder")
         for name in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "log_steps",
                      "max_len", "max_src_len", "pre_seq_len"):
             if getattr(self, name) < 1:
@@ -107,11 +111,12 @@ def train(args: PtuningTrainArguments):
     set_seed(args.seed)
     records = load_records(args.train_path)  # bad input fails before any model loads
     template_name = args.template
-    saved = check_checkpoint(args.checkpoint_dir, args.model_dir) if args.checkpoint_dir else None
+    saved = check_checkpoint(args.checkpoint_dir, args.model_dir, args.trust_remote_code) if args.checkpoint_dir \
+        else None
     if saved is not None:
         template_name = template_name or checkpoint_settings(args.checkpoint_dir).get("template")
     dtype = cuda_dtype()
-    model, tokenizer, template_name = load_base(args.model_dir, dtype, template_name)
+    model, tokenizer, template_name = load_base(args.model_dir, dtype, template_name, args.trust_remote_code)
     template = get_template_and_fix_tokenizer(template_name, tokenizer)
     if saved is not None:
         if bool(saved.get("prefix_projection")) != args.prefix_projection or \
@@ -157,13 +162,11 @@ def train(args: PtuningTrainArguments):
 
 
 def main(argv=None) -> None:
-    from ie2instruction.io import InputError
-    from ie2instruction.io import fail as fail_input
+    from ie2instruction.io import cli_errors
 
     os.environ.setdefault("WANDB_DISABLED", "true")
-    try:
-        train(parse_args(argv))
-    except UsageError as exc:
-        fail(str(exc))
-    except InputError as exc:
-        fail_input(exc)
+    with cli_errors():
+        try:
+            train(parse_args(argv))
+        except UsageError as exc:
+            fail(str(exc))

@@ -257,7 +257,9 @@ def _check_common(model_args, data_args, finetuning_args):
 
 
 def check_train_args(model_args, data_args, training_args, finetuning_args) -> None:
-    """Refuse invalid combinations (raises ``UsageError``)."""
+    """Refuse invalid combinations (raises ``UsageError``; ``InputError`` for a training file that is not JSON)."""
+    from ie2instruction.io import read_records
+
     _check_common(model_args, data_args, finetuning_args)
     if finetuning_args.stage not in ("sft", "sft-custom"):
         raise UsageError(f"--stage {finetuning_args.stage} is not implemented; use --stage sft")
@@ -272,6 +274,10 @@ def check_train_args(model_args, data_args, training_args, finetuning_args) -> N
         path = getattr(data_args, name)
         if path and not os.path.isfile(path):
             raise UsageError(f"--{name} {path}: file not found")
+        if path and next(read_records(path), None) is None:
+            raise UsageError(f"--{name} {path}: no records, the file is empty")
+    if os.path.exists(training_args.output_dir) and not os.path.isdir(training_args.output_dir):
+        raise UsageError(f"--output_dir {training_args.output_dir} is a file, not a folder")
     if data_args.cutoff_len <= 0:
         raise UsageError("--cutoff_len must be positive")
     if data_args.val_set_size < 0:

@@ -76,6 +76,8 @@ def preprocess_supervised(records: list[dict], tokenizer, data_args, template: O
     if len(kept) < len(records):
         logger.warning("%s: skipped %d of %d records with an empty or missing instruction/output",
                        what, len(records) - len(kept), len(records))
+    if not kept:
+        raise UsageError(f"{what}: no usable records (each needs a non-empty 'instruction' and 'output' string)")
     columns = {
         "query": [record_query(r) for r in kept],
         "response": [r["output"] for r in kept],

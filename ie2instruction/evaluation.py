@@ -57,9 +57,12 @@ class Warnings:
                   f"({self.count} in all, counted in 错误数)", file=self.stream)
 
 
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def _clip(text: Any, n: int = 80) -> str:
     s = text if isinstance(text, str) else repr(text)
-    s = s.replace("\n", "\\n")
+    s = s.translate(_LINE_BREAKS)  # a warning stays one line
     return s if len(s) <= n else s[:n] + f"... ({len(s)} chars)"
 
 

@@ -43,19 +43,26 @@ class LabelError(ValueError):
     """A record (or answer) field of the wrong shape; the reader adds path and line."""
 
 
-def fail(error: InputError, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(error: InputError | str, code: int = 2) -> "NoReturn":  # noqa: F821
     """Print one line on stderr and exit with status 2."""
     print(str(error), file=sys.stderr)
     raise SystemExit(code)
 
 
+class UsageError(ValueError):
+    """An invalid argument or combination of arguments, shown as ``error: problem``."""
+
+
 @contextlib.contextmanager
 def cli_errors():
-    """Turn InputError into the one-line message and exit status 2 every command uses."""
+    """The error handling of every command: InputError (``PATH:LINE: problem``) and UsageError
+    (``error: problem``) become one line on stderr and exit status 2."""
     try:
         yield
     except InputError as err:
         fail(err)
+    except UsageError as err:
+        fail(f"error: {str(err).splitlines()[0] if str(err) else 'invalid arguments'}")
 
 
 def _decode(raw: bytes, path, line: int) -> str:

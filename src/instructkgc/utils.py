@@ -8,10 +8,12 @@ import os
 import sys
 from typing import Optional
 
+from ie2instruction.io import UsageError  # noqa: F401  (one class for both sides; cli_errors reports it)
+
 IGNORE_INDEX = -100
 LAYERNORM_NAMES = ("norm", "ln")
 
-# REFERENCE §4.4: --model_name (lower-cased) -> group.
+# --model_name (lower-cased) -> group: decides the LoRA targets and the model class (README: Fine-tuning).
 MODEL_GROUPS = {
     "llama": ("llama", "llama2", "llama3", "alpaca", "vicuna", "zhixi"),
     "custom": ("custom",),
@@ -41,10 +43,6 @@ LORA_TARGETS = {
 logger = logging.getLogger("instructkgc")
 
 
-class UsageError(ValueError):
-    """An invalid argument or combination of arguments; reported as one line, exit status 2."""
-
-
 def get_logger(name: str = "instructkgc") -> logging.Logger:
     """A logger that prints ``[instructkgc] message`` on stderr once configured by a CLI."""
     if not logging.getLogger("instructkgc").handlers:
@@ -58,7 +56,7 @@ def get_logger(name: str = "instructkgc") -> logging.Logger:
 
 
 def model_group(model_name: Optional[str]) -> str:
-    """Map ``--model_name`` to its group (REFERENCE §4.4); unknown names give ``other``."""
+    """Map ``--model_name`` to its group (see ``MODEL_GROUPS``); unknown names give ``other``."""
     name = (model_name or "").lower()
     for group, members in MODEL_GROUPS.items():
         if name in members:

@@ -7,13 +7,12 @@ from ..utils import UsageError
 
 
 def load_base(model_dir: str, dtype=None, template: Optional[str] = None):
-    """``(model, tokenizer, template_name)``: the frozen base model in eval mode, the tokenizer fixed for the
+    """``(model, tokenizer, template)``: the frozen base model in eval mode, the tokenizer fixed for the
     template (``template`` None: ``auto`` when the tokenizer has a chat template, else ``default``)."""
     from transformers import AutoConfig
 
     from ..args import FinetuningArguments, ModelArguments
     from ..loader import load_model_and_tokenizer, load_tokenizer
-    from ..template import template_names
 
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
@@ -25,11 +24,8 @@ def load_base(model_dir: str, dtype=None, template: Optional[str] = None):
     if template is None:
         tokenizer = load_tokenizer(model_args)
         template = "auto" if getattr(tokenizer, "chat_template", None) else "default"
-    elif template != "auto" and template not in template_names():
-        raise UsageError(f"unknown --template {template!r}; choose one of: auto, " + ", ".join(template_names()))
-    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
-                                                compute_dtype=dtype, template=template)
-    return model, tokenizer, template
+    return load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False, template=template,
+                                    compute_dtype=dtype)
 
 
 def cuda_dtype():

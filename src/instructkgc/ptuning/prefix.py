@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from ..loader import ARGS_FILE
+
+from ..run_args import read_args, write_args
 from ..utils import UsageError, get_logger
 
 logger = get_logger(__name__)
@@ -74,7 +75,7 @@ def read_checkpoint_config(folder) -> dict:
 def check_compatible(model_config, folder, saved: dict) -> None:
     """UsageError (one line) when the base model cannot take the checkpoint's prefixes."""
     expected = prefix_config(model_config, int(saved["num_virtual_tokens"]), bool(saved.get("prefix_projection")))
-    meta = _read_meta(folder)
+    meta = read_args(folder)
     problems = [f"{k} {saved.get(k)} vs {getattr(expected, k)}" for k in SHAPE_KEYS
                 if saved.get(k) is not None and saved.get(k) != getattr(expected, k)]
     want_type = meta.get("model_type")
@@ -96,15 +97,6 @@ def check_checkpoint(folder, model_dir) -> dict:
         raise UsageError(f"{model_dir}: cannot load a model config ({str(exc).splitlines()[0]})") from None
     check_compatible(config, folder, saved)
     return saved
-
-
-def _read_meta(folder) -> dict:
-    path = Path(folder) / ARGS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
-        logger.warning("%s is unreadable; ignoring it", path)
-        return {}
 
 
 def load_prefix(model, folder, is_trainable: bool = False):
@@ -148,15 +140,7 @@ def save_prefix(peft_model, folder, meta: dict) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
               str(folder / ENCODER_FILE))
     base = peft_model.get_base_model().config
-    meta = dict(meta, model_type=getattr(base, "model_type", None))
-    tmp = folder / (ARGS_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    tmp.replace(folder / ARGS_FILE)
-
-
-def checkpoint_settings(folder) -> dict:
-    """The training settings saved with a checkpoint (empty when absent)."""
-    return _read_meta(folder)
+    write_args(folder, dict(meta, model_type=getattr(base, "model_type", None)))
 
 
 class PrefixGenerator:

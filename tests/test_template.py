@@ -210,4 +210,4 @@ def test_template_cli(tiny_qwen_dir):
     assert result["response_text"] == A + "<|im_end|>"
     out = subprocess.run([sys.executable, "-m", "instructkgc.template", "--template", "nope", "--tokenizer",
                           tiny_qwen_dir, "--query", "q"], capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown template" in out.stderr
+    assert out.returncode == 2 and "unknown --template" in out.stderr

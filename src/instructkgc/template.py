@@ -268,7 +268,7 @@ class AutoTemplate(Template):
 
     def encode_multiturn(self, tokenizer, history, system=None):
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--template auto: the tokenizer has no chat_template; pass a template name")
+            raise UsageError("--template auto: the tokenizer has no chat_template; pass a template name")
         messages = [{"role": "system", "content": system}] if system else []
         pairs, done = [], []
         for query, response in history:
@@ -371,13 +371,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=True)
-        template = get_template_and_fix_tokenizer(args.template, tokenizer)
+    from ie2instruction.io import cli_errors
+
+    with cli_errors():
+        template = get_template(args.template)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=True)
+        except OSError as exc:
+            raise UsageError(f"--tokenizer {args.tokenizer}: {str(exc).splitlines()[0]}") from None
+        template.fix_tokenizer(tokenizer)
         prompt, response = template.encode_oneturn(tokenizer, args.query, args.response or "", args.system)
-    except (OSError, ValueError) as exc:
-        from .utils import fail
-        fail(str(exc).splitlines()[0])
     if args.response is not None:
         response = response + template.final_eos_ids(tokenizer)
     else:

@@ -104,9 +104,3 @@ def default_lora_targets(model_name: Optional[str]) -> list[str]:
 
 def is_main_process() -> bool:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) <= 0
-
-
-def fail(message: str, status: int = 2):
-    """Print one ``error:`` line on stderr and exit with ``status``."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(status)

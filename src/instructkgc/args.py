@@ -196,6 +196,7 @@ class CompatArguments:
     typical_p: float = field(default=1.0)
     diversity_penalty: float = field(default=0.0)
     mode: str = field(default="w", metadata={"help": "Ignored: --resume continues an output file."})
+    prompt_text: str = field(default="", metadata={"help": "P-Tuning training: ignored."})
     gen_mode: str = field(default="greedy", metadata={"help": "Ignored: use --do_sample / --num_beams."})
 
 
@@ -222,17 +223,21 @@ def _file_flags(path: str) -> list[str]:
         raise UsageError(f"{path}: an argument file is a mapping of flag names to values")
     flags = []
     for key, value in values.items():
-        if value is None:
-            continue
-        values_ = value if isinstance(value, list) else [value]
-        flags += [f"--{key}"] + [json.dumps(v) if isinstance(v, dict) else str(v).lower() if isinstance(v, bool)
-                                 else str(v) for v in values_]
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list):  # the list flags (checkpoint_dir, lora_target_modules, ...) take a,b,c
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        if value is not None:
+            flags += [f"--{key}", str(value)]
     return flags
 
 
-def _parse(classes, argv):
-    """Parse ``argv`` (an argument file may come first; flags after it win) into ``classes``; the
-    compatibility flags are parsed too, warned about once, and dropped."""
+def parse_dataclasses(classes, argv=None):
+    """Parse ``argv`` (default ``sys.argv[1:]``; an argument file may come first, flags after it win) into
+    ``classes``; the compatibility flags are parsed too, warned about once, and dropped. UsageError on
+    unknown flags or refused values."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _file_flags(argv[0]) + argv[1:]
@@ -337,7 +342,7 @@ def parse_train_args(argv=None):
     Returns ``(model_args, data_args, training_args, finetuning_args, generating_args)``; raises UsageError
     on invalid input.
     """
-    model_args, data_args, training_args, finetuning_args, generating_args = _parse(TRAIN_CLASSES, argv)
+    model_args, data_args, training_args, finetuning_args, generating_args = parse_dataclasses(TRAIN_CLASSES, argv)
     check_train_args(model_args, data_args, training_args, finetuning_args)
     _finish_common(model_args, finetuning_args)
     if not (training_args.bf16 or training_args.fp16):
@@ -366,7 +371,7 @@ def parse_infer_args(argv=None):
     Returns ``(model_args, data_args, training_args, finetuning_args, generating_args, infer_args)``.
     Unlike the original, ``--bf16`` / ``--fp16`` set the compute dtype here too.
     """
-    model_args, data_args, training_args, finetuning_args, generating_args, infer_args = _parse(INFER_CLASSES, argv)
+    model_args, data_args, training_args, finetuning_args, generating_args, infer_args = parse_dataclasses(INFER_CLASSES, argv)
     _check_common(model_args, data_args, finetuning_args)
     if infer_args.batch_size < 1:
         raise UsageError("--batch_size must be >= 1")

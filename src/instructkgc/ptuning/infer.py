@@ -63,12 +63,9 @@ class PtuningInferArguments:
 
 
 def parse_args(argv=None) -> PtuningInferArguments:
-    import sys
+    from ..args import parse_dataclasses
 
-    from transformers import HfArgumentParser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = HfArgumentParser(PtuningInferArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses((PtuningInferArguments,), argv)
     if not args.model_dir:
         raise UsageError("--model_dir (the P-Tuning checkpoint) is required")
     return args

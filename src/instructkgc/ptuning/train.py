@@ -46,7 +46,6 @@ class PtuningTrainArguments:
                                                                           "continue training from."})
     deepspeed: Optional[str] = field(default=None, metadata={"help": "DeepSpeed config file (optional)."})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed / torch launchers."})
-    prompt_text: str = field(default="", metadata={"help": "Unused (kept for old command lines)."})
 
     def check(self) -> None:
         if not self.model_dir:
@@ -68,12 +67,9 @@ class PtuningTrainArguments:
 
 
 def parse_args(argv=None) -> PtuningTrainArguments:
-    import sys
+    from ..args import parse_dataclasses
 
-    from transformers import HfArgumentParser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = HfArgumentParser(PtuningTrainArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses((PtuningTrainArguments,), argv)
     args.check()
     return args
 

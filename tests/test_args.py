@@ -81,3 +81,19 @@ def test_argument_file_then_overriding_flags(tmp_path):
 def test_bad_arguments_are_usage_errors(argv, message):
     with pytest.raises(UsageError, match=message):
         A.parse_dataclasses(A.TRAIN_CLASSES, argv)
+
+
+def test_bitsandbytes_kernels_warning_is_dropped_and_others_kept():
+    import instructkgc.utils  # noqa: F401  (installs the filter)
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    bnb.addHandler(handler)
+    try:
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s.", "No module named 'kernels'")
+        bnb.warning("something else")
+    finally:
+        bnb.removeHandler(handler)
+    assert seen == ["something else"]

@@ -30,7 +30,7 @@ VICUNA_SYS = ("A chat between a curious user and an artificial intelligence assi
 ZH_SYS = "You are a helpful assistant. 你是一个乐于助人的助手。"
 L3H = "<|start_header_id|>{}<|end_header_id|>\n\n"
 
-# Expected single-turn layouts (REFERENCE §4.3). "B" = bos (if the tokenizer adds one), ("t", X) = special token X,
+# Expected single-turn layouts of the original templates. "B" = bos (if the tokenizer adds one), ("t", X) = special token X,
 # plain strings are encoded one by one. Value: (prompt layout, eos token or None (tokenizer eos), efficient_eos).
 LAYOUTS = {
     "alpaca": (["B", "Below is an instruction that describes a task. Write a response that appropriately completes "

@@ -42,6 +42,13 @@ LORA_TARGETS = {
 
 logger = logging.getLogger("instructkgc")
 
+# bitsandbytes (>= 0.48) on a CPU with AVX512-BF16 tries, at import, to fetch an optional 4-bit CPU kernel from the
+# Hugging Face hub through the `kernels` package, and warns "Failed to load CPU gemm_4bit_forward from
+# kernels-community: No module named 'kernels'" on every model load when it is absent. It then uses its own
+# built-in CPU path, which is what we want offline; the warning says nothing actionable, so it is dropped here.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward"))
+
 
 def get_logger(name: str = "instructkgc") -> logging.Logger:
     """A logger that prints ``[instructkgc] message`` on stderr once configured by a CLI."""

@@ -20,7 +20,7 @@ from typing import Literal, Optional
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from .run_args import ARGS_FILE
-from .utils import UsageError, default_lora_targets, get_logger, parse_module_list
+from .utils import UsageError, default_lora_targets, get_logger, parse_module_list, read_json_file
 
 logger = get_logger(__name__)
 
@@ -209,16 +209,15 @@ def _file_flags(path: str) -> list[str]:
     """The flags an argument file (``.json`` / ``.yaml`` mapping of flag -> value) stands for."""
     if not os.path.isfile(path):
         raise UsageError(f"{path}: argument file not found")
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        if path.endswith(".json"):
-            values = json.loads(text)
-        else:
-            import yaml
+    if path.endswith(".json"):
+        values = read_json_file(path)
+    else:
+        import yaml
 
-            values = yaml.safe_load(text)
-    except Exception as exc:  # json / yaml syntax errors
-        raise UsageError(f"{path}: cannot read the argument file ({str(exc).splitlines()[0]})") from None
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise UsageError(f"{path}: an argument file is a mapping of flag names to values")
     flags = []
@@ -257,13 +256,9 @@ def deepspeed_zero_stage(deepspeed) -> int:
         return 0
     config = deepspeed
     if not isinstance(config, dict):
-        path = Path(str(deepspeed))
-        if not path.is_file():
+        if not Path(str(deepspeed)).is_file():
             raise UsageError(f"--deepspeed {deepspeed}: config file not found")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{deepspeed}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        config = read_json_file(deepspeed)
     return int((config.get("zero_optimization") or {}).get("stage", 0) or 0)
 
 

@@ -62,6 +62,16 @@ def get_logger(name: str = "instructkgc") -> logging.Logger:
     return logging.getLogger(name)
 
 
+def read_json_file(path):
+    """The JSON value in ``path``; UsageError ``PATH:LINE: invalid JSON (...)`` when it is not JSON."""
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
 def model_group(model_name: Optional[str]) -> str:
     """Map ``--model_name`` to its group (see ``MODEL_GROUPS``); unknown names give ``other``."""
     name = (model_name or "").lower()

@@ -15,11 +15,10 @@ transformers 5.24, whose generation kwarg is ``cache``).
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 from ..run_args import read_args, write_args
-from ..utils import UsageError, get_logger
+from ..utils import UsageError, get_logger, read_json_file
 
 logger = get_logger(__name__)
 
@@ -63,10 +62,7 @@ def read_checkpoint_config(folder) -> dict:
         raise UsageError(f"{folder}: P-Tuning checkpoint folder not found")
     if not path.is_file():
         raise UsageError(f"{folder}: not a P-Tuning checkpoint (no adapter_config.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    config = read_json_file(path)
     if config.get("peft_type") != "PREFIX_TUNING":
         raise UsageError(f"{folder}: a {config.get('peft_type')} adapter, not a P-Tuning v2 (prefix) checkpoint")
     return config

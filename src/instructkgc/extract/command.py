@@ -72,7 +72,7 @@ def _fill_defaults(args) -> None:
 
     if args.checkpoint_dir:
         first = args.checkpoint_dir.split(",")[0].strip()
-        fill_from_checkpoint(first, args, FALLBACKS, {k for k in FALLBACKS if getattr(args, k) is not None})
+        fill_from_checkpoint(first, args, tuple(FALLBACKS), {k for k in FALLBACKS if getattr(args, k) is not None})
     for key, fallback in FALLBACKS.items():
         if getattr(args, key) is None:
             setattr(args, key, fallback)

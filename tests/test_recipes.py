@@ -94,7 +94,8 @@ def test_unknown_recipe_exits_2():
     assert res.returncode == 2 and res.stderr.startswith("error:")
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_parses_into_the_arguments(recipe, tmp_path):
     values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     classes = TRAIN_CLASSES if recipe.parent.name == "finetune" else INFER_CLASSES

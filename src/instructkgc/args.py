@@ -366,7 +366,8 @@ def parse_infer_args(argv=None):
     Returns ``(model_args, data_args, training_args, finetuning_args, generating_args, infer_args)``.
     Unlike the original, ``--bf16`` / ``--fp16`` set the compute dtype here too.
     """
-    model_args, data_args, training_args, finetuning_args, generating_args, infer_args = parse_dataclasses(INFER_CLASSES, argv)
+    parsed = parse_dataclasses(INFER_CLASSES, argv)
+    model_args, data_args, training_args, finetuning_args, generating_args, infer_args = parsed
     _check_common(model_args, data_args, finetuning_args)
     if infer_args.batch_size < 1:
         raise UsageError("--batch_size must be >= 1")

@@ -73,6 +73,7 @@ def main(argv=None):
 
     from instructkgc.args import DataArguments
     from instructkgc.data import PackingCollator, preprocess_supervised
+    from instructkgc.template import get_template
     from instructkgc.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +84,7 @@ def main(argv=None):
             sys.exit("no records converted from data/*/sample*.json")
         tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         data_args = DataArguments(template=args.template, cutoff_len=args.cutoff_len)
-        dataset = preprocess_supervised(records, tok, data_args)
+        dataset = preprocess_supervised(records, tok, data_args, get_template(args.template).fix_tokenizer(tok))
         rng = random.Random(0)
         order = [i for _ in range(args.steps * args.batch_size // len(dataset) + 1)
                  for i in rng.sample(range(len(dataset)), len(dataset))]

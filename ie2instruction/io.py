@@ -46,10 +46,14 @@ class LabelError(ValueError):
     """A record (or answer) field of the wrong shape; the reader adds path and line."""
 
 
-def fail(error: InputError, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(error: InputError | str, code: int = 2) -> "NoReturn":  # noqa: F821
     """Print one line on stderr and exit with status 2."""
     print(str(error), file=sys.stderr)
     raise SystemExit(code)
+
+
+class UsageError(ValueError):
+    """An invalid argument or combination of arguments, shown as ``error: problem``."""
 
 
 # ---- signals: SIGINT / SIGTERM / SIGHUP unwind like an error, so temporary files are removed ----------------
@@ -72,9 +76,10 @@ def _on_signal(signum, frame):
 
 @contextlib.contextmanager
 def cli_errors():
-    """The frame of every command: ``InputError`` -> one line, exit 2; an ``OSError`` while writing -> one
-    line, exit 1; SIGINT / SIGTERM / SIGHUP -> temporary files removed (the exception unwinds through
-    :func:`atomic_writer`), one line, exit 128 + N (130, 143, 129). No traceback in any of these cases."""
+    """The frame of every command: ``InputError`` (``PATH:LINE: problem``) and ``UsageError`` (``error: problem``)
+    -> one line, exit 2; an ``OSError`` while writing -> one line, exit 1; SIGINT / SIGTERM / SIGHUP -> temporary
+    files removed (the exception unwinds through :func:`atomic_writer`), one line, exit 128 + N (130, 143, 129).
+    No traceback in any of these cases."""
     previous = {}
     try:
         for s in SIGNALS:
@@ -85,6 +90,8 @@ def cli_errors():
         yield
     except InputError as err:
         fail(err)
+    except UsageError as err:
+        fail(f"error: {str(err).splitlines()[0] if str(err) else 'invalid arguments'}")
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"interrupted by {signal.Signals(signum).name}; unfinished output removed, inputs untouched",

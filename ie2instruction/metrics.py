@@ -1,6 +1,6 @@
 """Micro precision / recall / F1 as the original computed them, plus a per-label breakdown.
 
-Counting (REFERENCE §3.5): over all merged instances, ``pred += len(preds)``, ``gold += len(golds)`` and the true
+Counting (as the original, README: Evaluation): over all merged instances, ``pred += len(preds)``, ``gold += len(golds)`` and the true
 positives are the greedy multiset match (each prediction consumes one equal gold), which equals the sum over
 distinct tuples of ``min(count_pred, count_gold)``. ``set`` mode de-duplicates both sides first. P and R are
 rounded to 2 decimals and F1 is computed from the rounded values, as in the original.
@@ -22,7 +22,7 @@ def percent(num: float, den: float) -> float:
 
 
 def f1_of(p: float, r: float) -> float:
-    """F1 from already rounded P and R (the original's compounded rounding, REFERENCE §8 item 20)."""
+    """F1 from already rounded P and R (the original's compounded rounding, kept so scores match)."""
     return round(2 * p * r / (p + r), 2) if p + r else 0.
 
 
@@ -103,7 +103,7 @@ class Tally:
 
 def split_events(events: Iterable[tuple]) -> tuple[list, list]:
     """EE/EEA tuples ``(type, trigger, ((argument, role), ...))`` -> events ``(type, trigger)`` and arguments
-    ``(type, argument, role)``, scored independently (REFERENCE §3.5)."""
+    ``(type, argument, role)``, scored independently."""
     evs, args = [], []
     for ev in events:
         etype, trigger, pairs = ev[0], ev[1], ev[2]

@@ -1,25 +1,6 @@
 #!/usr/bin/env bash
-# baichuan: batched inference over converted test records (REFERENCE §5). Set the paths below or in the environment.
-set -euo pipefail
-MODEL=${MODEL:-models/Baichuan2-13B-Chat}
-CHECKPOINT=${CHECKPOINT:-lora/baichuan2-13b-lora}
-INPUT=${INPUT:-data/NER/test.json}
-OUTPUT=${OUTPUT:-results/baichuan2-13b-lora.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
-    --stage sft \
-    --model_name_or_path "$MODEL" \
-    --checkpoint_dir "$CHECKPOINT" \
-    --finetuning_type lora \
-    --model_name baichuan \
-    --template baichuan2 \
-    --do_predict \
-    --input_file "$INPUT" \
-    --output_file "$OUTPUT" \
-    --output_dir lora/test \
-    --predict_with_generate \
-    --cutoff_len 512 \
-    --bf16 \
-    --bits ${BITS:-4} \
-    --max_new_tokens 300 \
-    --batch_size ${BATCH_SIZE:-16} \
-    "$@"
+# Batched inference, baichuan: the recipe configs/infer/baichuan.yaml run by configs/launch.bash, which lists the
+# environment variables it reads (MODEL, CHECKPOINT, INPUT, OUTPUT, BITS, BATCH_SIZE, PYTHON). Extra flags override.
+# Usage (from the repository root): MODEL=... INPUT=... OUTPUT=... bash infer_scripts/infer_baichuan.bash [flags]
+HERE=$(dirname "${BASH_SOURCE[0]}")
+exec bash "${HERE}/../configs/launch.bash" "${HERE}/../configs/infer/baichuan.yaml" "$@"

@@ -1,22 +1,6 @@
 #!/usr/bin/env bash
-# oneke: batched inference over converted test records (REFERENCE §5). Set the paths below or in the environment.
-set -euo pipefail
-MODEL=${MODEL:-models/OneKE}
-INPUT=${INPUT:-data/input.json}
-OUTPUT=${OUTPUT:-results/OneKE_output.json}
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ${PYTHON:-python} src/inference.py \
-    --stage sft \
-    --model_name_or_path "$MODEL" \
-    --model_name llama \
-    --template llama2_zh \
-    --do_predict \
-    --input_file "$INPUT" \
-    --output_file "$OUTPUT" \
-    --output_dir lora/test \
-    --predict_with_generate \
-    --cutoff_len 512 \
-    --bf16 \
-    --bits ${BITS:-4} \
-    --max_new_tokens 300 \
-    --batch_size ${BATCH_SIZE:-16} \
-    "$@"
+# Batched inference, oneke: the recipe configs/infer/oneke.yaml run by configs/launch.bash, which lists the
+# environment variables it reads (MODEL, CHECKPOINT, INPUT, OUTPUT, BITS, BATCH_SIZE, PYTHON). Extra flags override.
+# Usage (from the repository root): MODEL=... INPUT=... OUTPUT=... bash infer_scripts/infer_oneke.bash [flags]
+HERE=$(dirname "${BASH_SOURCE[0]}")
+exec bash "${HERE}/../configs/launch.bash" "${HERE}/../configs/infer/oneke.yaml" "$@"

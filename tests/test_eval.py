@@ -104,6 +104,17 @@ def test_default_location_task_from_records_and_script(tmp_path):
     assert set(json.loads(text)) == {"total", "DS1", "DS2"}
 
 
+def test_script_runs_from_a_plain_checkout(tmp_path):
+    """No install, no site-packages, an unrelated working directory: the documented command still runs."""
+    from eval_data import perfect_records, write_jsonl
+
+    pred = write_jsonl(tmp_path / "pred.json", perfect_records("NER"))
+    proc = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), "--path1", str(pred)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "output_msg" / "pred.json").read_text(encoding="utf-8"))["total"]["F1"] == 100
+
+
 @needs_shared
 def test_no_task_anywhere_is_a_clear_error(capsys, tmp_path):
     code, result, _, err = run_eval(capsys, EVAL / "NER_fenced_nosource.json", out=tmp_path / "r.json")

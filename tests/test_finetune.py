@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from instructkgc.args import FinetuningArguments, ModelArguments
-from instructkgc.loader import load_model_and_tokenizer, load_saved_train_args
-from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer
+from instructkgc.loader import load_model_and_tokenizer
+from instructkgc.run_args import read_args
+from instructkgc.template import build_prompt_ids
 from instructkgc.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +60,8 @@ def train_args(model, data, out, *extra, steps=40, lr="1e-2"):
 
 def exact_match(base, checkpoint, records, finetuning_type="lora", bits=16):
     model_args = ModelArguments(model_name_or_path=base, checkpoint_dir=checkpoint, bits=bits)
-    model, tok = load_model_and_tokenizer(model_args, FinetuningArguments(finetuning_type=finetuning_type), False,
-                                          template=TEMPLATE)
-    template = get_template_and_fix_tokenizer(TEMPLATE, tok)
+    model, tok, template = load_model_and_tokenizer(model_args, FinetuningArguments(finetuning_type=finetuning_type),
+                                                    False, template=TEMPLATE)
     hits = 0
     for record in records:
         ids, _ = build_prompt_ids(template, tok, record, 512)
@@ -111,11 +111,11 @@ def test_end_to_end_convert_finetune_infer_eval(lora_run, tiny_model_dir, conver
 
 
 def test_saved_arguments_and_state(lora_run):
-    saved = load_saved_train_args(lora_run)
+    saved = read_args(lora_run)
     assert saved["template"] == TEMPLATE and saved["finetuning_type"] == "lora"
     assert saved["cutoff_len"] == 1024 and saved["model_name"] == "llama"
     assert saved["lora_target_modules"][:3] == ["q_proj", "k_proj", "v_proj"]
-    assert {"max_source_length", "max_target_length", "model_name_or_path"} <= set(saved)
+    assert {"max_target_length", "model_name_or_path"} <= set(saved)
     assert (lora_run / "trainer_state.json").is_file() and (lora_run / "train_results.json").is_file()
     assert (lora_run / "tokenizer_config.json").is_file()
     config = json.loads((lora_run / "adapter_config.json").read_text())

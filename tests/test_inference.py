@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from instructkgc.infer import SamplingSettings
 from instructkgc.infer.hf_engine import HFEngine
 from instructkgc.infer.records import predict_file
-from instructkgc.inference import apply_saved_defaults
+from instructkgc.run_args import apply_saved_defaults
 from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer, stop_token_ids
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,8 +45,8 @@ def _assert_loadable(model, out):
     from instructkgc.args import FinetuningArguments, ModelArguments
     from instructkgc.loader import load_model_and_tokenizer
 
-    loaded, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=model, checkpoint_dir=str(out)),
-                                         FinetuningArguments(), False, template="alpaca")
+    loaded, _, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=model, checkpoint_dir=str(out)),
+                                            FinetuningArguments(), False, template="alpaca")
     assert loaded is not None and (out / "adapter_model.safetensors").is_file()
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2

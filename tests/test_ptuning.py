@@ -127,7 +127,7 @@ def test_training_fits_answers_and_keeps_base_weights(trained, sharp_model_dir, 
 def test_projection_save_load_and_continue(arch, request, data_file, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from instructkgc.ptuning.prefix import checkpoint_settings
+    from instructkgc.run_args import read_args
 
     sharp_model_dir = request.getfixturevalue("sharp_model_dir" if arch == "llama" else "tiny_qwen_dir")
 
@@ -145,7 +145,7 @@ def test_projection_save_load_and_continue(arch, request, data_file, tmp_path):
     assert json.loads((ckpt / "adapter_config.json").read_text())["prefix_projection"] is True
 
     tokenizer = AutoTokenizer.from_pretrained(sharp_model_dir)
-    template = get_template_and_fix_tokenizer(checkpoint_settings(ckpt)["template"], tokenizer)
+    template = get_template_and_fix_tokenizer(read_args(ckpt)["template"], tokenizer)
     prompts = [build_prompt_ids(template, tokenizer, r, 128)[0] for r in _records()]
 
     def answers(peft_model):
@@ -283,12 +283,12 @@ def test_template_default_follows_chat_template(tiny_qwen_dir, tmp_path):
 
     from instructkgc.ptuning.common import load_base
 
-    assert load_base(tiny_qwen_dir)[2] == "default"  # no chat template
+    assert load_base(tiny_qwen_dir)[2].name == "default"  # no chat template
     chat = tmp_path / "chat"
     shutil.copytree(tiny_qwen_dir, chat)
     tokenizer = AutoTokenizer.from_pretrained(chat)
     tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     tokenizer.save_pretrained(chat)
-    assert load_base(str(chat))[2] == "auto"
-    assert load_base(str(chat), template="qwen")[2] == "qwen"
+    assert load_base(str(chat))[2].name == "auto"
+    assert load_base(str(chat), template="qwen")[2].name == "qwen"

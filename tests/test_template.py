@@ -30,7 +30,7 @@ VICUNA_SYS = ("A chat between a curious user and an artificial intelligence assi
 ZH_SYS = "You are a helpful assistant. 你是一个乐于助人的助手。"
 L3H = "<|start_header_id|>{}<|end_header_id|>\n\n"
 
-# Expected single-turn layouts (REFERENCE §4.3). "B" = bos (if the tokenizer adds one), ("t", X) = special token X,
+# Expected single-turn layouts of the original templates. "B" = bos (if the tokenizer adds one), ("t", X) = special token X,
 # plain strings are encoded one by one. Value: (prompt layout, eos token or None (tokenizer eos), efficient_eos).
 LAYOUTS = {
     "alpaca": (["B", "Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -210,4 +210,4 @@ def test_template_cli(tiny_qwen_dir):
     assert result["response_text"] == A + "<|im_end|>"
     out = subprocess.run([sys.executable, "-m", "instructkgc.template", "--template", "nope", "--tokenizer",
                           tiny_qwen_dir, "--query", "q"], capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown template" in out.stderr
+    assert out.returncode == 2 and "unknown --template" in out.stderr

@@ -26,7 +26,8 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def read_schema(path: str | Path) -> Schema:
-    """Read a 3-line schema file (REFERENCE §1.2). Lines past the third are ignored."""
+    """Read a 3-line schema file (README: Converting IE data): types, roles, type -> roles/attributes. Lines past
+    the third are ignored."""
     try:
         raw = Path(path).read_bytes()
     except OSError as err:
@@ -64,7 +65,7 @@ def _is_str_list(value: Any) -> bool:
 
 
 def split_chunks(items: list, n: int) -> list[list]:
-    """Split a schema list into instructions of at most ``n`` items (REFERENCE §2.5; -1: no split).
+    """Split a schema list into instructions of at most ``n`` items (``--split_num``; -1: no split).
 
     Full chunks of ``n``; a remainder of at least ``max(1, n // 2)`` becomes its own chunk, a smaller one is
     added to the last chunk. An empty list gives one empty chunk.

@@ -50,7 +50,7 @@ def labelled_events(labels: list) -> dict[str, list[dict]]:
 
 
 def render_events(labels: list, schema_chunk: list, text: str) -> dict:
-    """The gold answer for EE / EEA schema items (REFERENCE §2.6)."""
+    """The gold answer for EE / EEA schema items, in the original's layout."""
     events = labelled_events(labels)
     out: dict[str, list] = {}
     for item in schema_chunk:

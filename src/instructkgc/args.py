@@ -1,20 +1,26 @@
-"""Argument dataclasses (REFERENCE §4.1) and their checks (§4.2), parsed by ``transformers.HfArgumentParser``.
+"""Argument dataclasses of ``src/finetune.py``, ``src/inference.py`` and ``src/export_model.py`` and their
+checks, parsed by ``transformers.HfArgumentParser`` (README: Fine-tuning, Inference).
 
-``parse_train_args`` / ``parse_infer_args`` accept an argv list (default ``sys.argv[1:]``) or a single
-``.json`` / ``.yaml`` file. Invalid combinations are refused up front: one ``error:`` line, exit status 2.
+``parse_train_args`` / ``parse_infer_args`` accept an argv list (default ``sys.argv[1:]``) whose first item may
+be a ``.json`` / ``.yaml`` argument file (a recipe under ``configs/``); flags after it override the file.
+Invalid combinations are refused up front: one ``error:`` line, exit status 2.
+
+Every field is read by the code, except those of :class:`CompatArguments`: flags of the original command
+lines that are accepted so old scripts keep running, and ignored with one warning.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from .utils import UsageError, default_lora_targets, fail, get_logger, parse_module_list
+from .run_args import ARGS_FILE
+from .utils import UsageError, default_lora_targets, get_logger, parse_module_list, read_json_file
 
 logger = get_logger(__name__)
 
@@ -30,11 +36,9 @@ class ModelArguments:
     use_fast_tokenizer: bool = field(default=True)
     trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code shipped in the model "
                                                                      "folder (auto_map); off unless given."})
-    use_auth_token: bool = field(default=False, metadata={"help": "Unused (kept for old command lines)."})
     model_revision: str = field(default="main")
     split_special_tokens: bool = field(default=False)
     bits: int = field(default=16, metadata={"help": "4 or 8: QLoRA via bitsandbytes; 16/32: no quantisation."})
-    adam8bit: bool = field(default=False, metadata={"help": "Unused (kept for old command lines)."})
     double_quant: bool = field(default=True)
     quant_type: str = field(default="nf4", metadata={"help": "nf4 or fp4."})
     checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Comma-separated LoRA (or full) "
@@ -42,32 +46,24 @@ class ModelArguments:
 
     def __post_init__(self):
         self.checkpoint_dir = _SPLIT(self.checkpoint_dir) or None
-        self.compute_dtype = None
-        self.model_max_length = None
+        self.compute_dtype = None  # set by parse_*_args from --bf16 / --fp16
 
 
 @dataclass
 class DataArguments:
     train_file: Optional[str] = field(default=None, metadata={"help": "Training data, JSON array or JSONL."})
     valid_file: Optional[str] = field(default=None, metadata={"help": "Validation data, JSON array or JSONL."})
-    predict_file: Optional[str] = field(default=None, metadata={"help": "Unused (kept for old command lines)."})
     preprocessing_num_workers: Optional[int] = field(default=None)
-    overwrite_cache: bool = field(default=False)
-    cache_path: Optional[str] = field(default=None, metadata={"help": "Save/load the tokenised datasets here."})
     template: str = field(default="alpaca", metadata={"help": "Prompt template name, or 'auto' for the "
                                                               "tokenizer's chat_template."})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "Override the template's default "
                                                                          "system text (a 'system' column wins)."})
-    max_source_length: int = field(default=512)
     max_target_length: int = field(default=256, metadata={"help": "Floor of the target budget within cutoff_len."})
     cutoff_len: int = field(default=1024, metadata={"help": "Maximum tokens of prompt + response."})
     val_set_size: int = field(default=1000, metadata={"help": "Rows split off the train file for validation "
                                                               "when no valid_file is given."})
-    pad_to_max_length: bool = field(default=False)
     ignore_pad_token_for_loss: bool = field(default=True)
     train_on_prompt: bool = field(default=False)
-    language: str = field(default="zh")
-    id_text: str = field(default="input")
     packing: bool = field(default=True, metadata={"help": "Padding-free packing of several examples per row "
                                                           "with restarted position ids (false: the plain padded "
                                                           "DataCollatorForSeq2Seq)."})
@@ -85,73 +81,39 @@ class FinetuningArguments:
     additional_target: Optional[str] = field(default=None, metadata={"help": "Comma-separated modules trained "
                                                                              "fully (LoRA modules_to_save)."})
     resume_lora_training: bool = field(default=True)
-    dpo_beta: float = field(default=0.1)
-    ppo_logger: Optional[str] = field(default=None)
-    ppo_score_norm: bool = field(default=False)
-    ppo_target: float = field(default=6.0)
-    ppo_whiten_rewards: bool = field(default=False)
-    ref_model: Optional[str] = field(default=None)
-    ref_model_checkpoint: Optional[str] = field(default=None)
-    ref_model_quantization_bit: Optional[int] = field(default=None)
-    reward_model: Optional[str] = field(default=None)
-    reward_model_checkpoint: Optional[str] = field(default=None)
-    reward_model_quantization_bit: Optional[int] = field(default=None)
-    reward_model_type: Literal["lora", "full"] = field(default="lora")
-    stage: Literal["pt", "sft", "rm", "ppo", "dpo", "sft-custom"] = field(default="sft")
+    stage: Literal["pt", "sft", "rm", "ppo", "dpo", "sft-custom"] = field(
+        default="sft", metadata={"help": "Only sft (or sft-custom) is implemented; the others are refused."})
     finetuning_type: Literal["lora", "freeze", "full"] = field(default="lora")
     upcast_layernorm: bool = field(default=False)
     neft_alpha: float = field(default=0)
     export_dir: Optional[str] = field(default=None)
-    plot_loss: bool = field(default=False)
 
     def __post_init__(self):
         self.name_module_trainable = _SPLIT(self.name_module_trainable)
         self.additional_target = _SPLIT(self.additional_target) or None
-        self.ref_model_checkpoint = _SPLIT(self.ref_model_checkpoint) or None
-        self.reward_model_checkpoint = _SPLIT(self.reward_model_checkpoint) or None
         if self.lora_alpha is None:
             self.lora_alpha = self.lora_r * 2.0
         self.lora_target_modules = parse_module_list(self.lora_target_modules)
-        for name in ("ref_model_quantization_bit", "reward_model_quantization_bit"):
-            if getattr(self, name) not in (None, 4, 8):
-                raise UsageError(f"--{name} must be 4 or 8")
-        if self.stage == "ppo" and self.reward_model is None:
-            raise UsageError("--stage ppo needs --reward_model")
 
 
 @dataclass
 class GenerationArguments:
     """Generation settings; ``--use_cache`` is shared with TrainingArguments (transformers 5 owns the flag)."""
 
-    max_length: int = field(default=512)
     max_new_tokens: int = field(default=256)
     min_new_tokens: Optional[int] = field(default=None)
     do_sample: bool = field(default=False)
     num_beams: int = field(default=1)
-    num_beam_groups: int = field(default=1)
-    penalty_alpha: Optional[float] = field(default=None)
     temperature: float = field(default=1.0)
     top_k: int = field(default=50)
     top_p: float = field(default=1.0)
-    typical_p: float = field(default=1.0)
-    diversity_penalty: float = field(default=0.0)
     repetition_penalty: float = field(default=1.0)
     length_penalty: float = field(default=1.0)
     no_repeat_ngram_size: int = field(default=0)
 
-    def to_dict(self) -> dict[str, Any]:
-        args = asdict(self)
-        if args.get("max_new_tokens", -1) > 0:
-            args.pop("max_length", None)
-        else:
-            args.pop("max_new_tokens", None)
-        return args
-
 
 @dataclass
 class InferArguments:
-    mode: str = field(default="w", metadata={"help": "Output file mode (w or a)."})
-    gen_mode: str = field(default="greedy")
     swap_space: int = field(default=4)
     gpu_memory_utilization: float = field(default=0.90)
     input_file: Optional[str] = field(default=None)
@@ -165,12 +127,11 @@ class InferArguments:
 
 @dataclass
 class TrainingArguments(Seq2SeqTrainingArguments):
-    """HF ``Seq2SeqTrainingArguments`` with the reference defaults; ``--evaluation_strategy`` is an alias."""
+    """HF ``Seq2SeqTrainingArguments`` with the original's defaults; ``--evaluation_strategy`` is an alias."""
 
     output_dir: Optional[str] = field(default="output")
     resume_from_checkpoint: Optional[str] = field(default=None)
     load_best_model_at_end: bool = field(default=False)
-    loss_scale: float = field(default=1.0, metadata={"help": "Unused (kept for old command lines)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over in a non-empty output_dir."})
     remove_unused_columns: Optional[bool] = field(default=False)
     report_to: Optional[str] = field(default="none")
@@ -201,21 +162,93 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             self.fp16 = False
 
 
+@dataclass
+class CompatArguments:
+    """Flags of the original command lines that do nothing here. They are accepted so old scripts keep running,
+    and one warning names those given ("accepted for compatibility, ignored")."""
+
+    use_auth_token: bool = field(default=False)
+    adam8bit: bool = field(default=False)
+    predict_file: Optional[str] = field(default=None)
+    overwrite_cache: bool = field(default=False)
+    cache_path: Optional[str] = field(default=None)
+    max_source_length: int = field(default=512, metadata={"help": "Ignored: the prompt budget follows from "
+                                                                  "--cutoff_len and --max_target_length."})
+    pad_to_max_length: bool = field(default=False)
+    language: str = field(default="zh")
+    id_text: str = field(default="input")
+    plot_loss: bool = field(default=False)
+    loss_scale: float = field(default=1.0)
+    dpo_beta: float = field(default=0.1)
+    ppo_logger: Optional[str] = field(default=None)
+    ppo_score_norm: bool = field(default=False)
+    ppo_target: float = field(default=6.0)
+    ppo_whiten_rewards: bool = field(default=False)
+    ref_model: Optional[str] = field(default=None)
+    ref_model_checkpoint: Optional[str] = field(default=None)
+    ref_model_quantization_bit: Optional[int] = field(default=None)
+    reward_model: Optional[str] = field(default=None)
+    reward_model_checkpoint: Optional[str] = field(default=None)
+    reward_model_quantization_bit: Optional[int] = field(default=None)
+    reward_model_type: str = field(default="lora")
+    max_length: int = field(default=512, metadata={"help": "Ignored: use --max_new_tokens."})
+    num_beam_groups: int = field(default=1)
+    penalty_alpha: Optional[float] = field(default=None)
+    typical_p: float = field(default=1.0)
+    diversity_penalty: float = field(default=0.0)
+    mode: str = field(default="w", metadata={"help": "Ignored: --resume continues an output file."})
+    prompt_text: str = field(default="", metadata={"help": "P-Tuning training: ignored."})
+    gen_mode: str = field(default="greedy", metadata={"help": "Ignored: use --do_sample / --num_beams."})
+
+
 TRAIN_CLASSES = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GenerationArguments)
 INFER_CLASSES = TRAIN_CLASSES + (InferArguments,)
+COMPAT_FLAGS = tuple(CompatArguments.__dataclass_fields__)
 
 
-def _parse(classes, argv):
+def _file_flags(path: str) -> list[str]:
+    """The flags an argument file (``.json`` / ``.yaml`` mapping of flag -> value) stands for."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: argument file not found")
+    if path.endswith(".json"):
+        values = read_json_file(path)
+    else:
+        import yaml
+
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: an argument file is a mapping of flag names to values")
+    flags = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list):  # the list flags (checkpoint_dir, lora_target_modules, ...) take a,b,c
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        if value is not None:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def parse_dataclasses(classes, argv=None):
+    """Parse ``argv`` (default ``sys.argv[1:]``; an argument file may come first, flags after it win) into
+    ``classes``; the compatibility flags are parsed too, warned about once, and dropped. UsageError on
+    unknown flags or refused values."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(classes)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = os.path.abspath(argv[0])
-        if not os.path.isfile(path):
-            raise UsageError(f"{argv[0]}: argument file not found")
-        if path.endswith(".json"):
-            return parser.parse_json_file(path)
-        return parser.parse_yaml_file(path)
-    return parser.parse_args_into_dataclasses(args=argv)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = _file_flags(argv[0]) + argv[1:]
+    try:
+        parsed = HfArgumentParser(classes + (CompatArguments,)).parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # unknown flags, values __post_init__ refuses
+        raise UsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    given = [name for name in COMPAT_FLAGS if f"--{name}" in {a.split("=", 1)[0] for a in argv}]
+    if given:
+        logger.warning("%s: accepted for compatibility, ignored", ", ".join(f"--{n}" for n in given))
+    return parsed[:-1]
 
 
 def deepspeed_zero_stage(deepspeed) -> int:
@@ -224,18 +257,14 @@ def deepspeed_zero_stage(deepspeed) -> int:
         return 0
     config = deepspeed
     if not isinstance(config, dict):
-        path = Path(str(deepspeed))
-        if not path.is_file():
+        if not Path(str(deepspeed)).is_file():
             raise UsageError(f"--deepspeed {deepspeed}: config file not found")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{deepspeed}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        config = read_json_file(deepspeed)
     return int((config.get("zero_optimization") or {}).get("stage", 0) or 0)
 
 
 def _check_common(model_args, data_args, finetuning_args):
-    from .template import template_names
+    from .template import get_template
 
     if model_args.bits not in (4, 8, 16, 32):
         raise UsageError(f"--bits must be 4, 8, 16 or 32, got {model_args.bits}")
@@ -243,9 +272,7 @@ def _check_common(model_args, data_args, finetuning_args):
         raise UsageError(f"--quant_type must be nf4 or fp4, got {model_args.quant_type}")
     if model_args.checkpoint_dir and len(model_args.checkpoint_dir) > 1 and finetuning_args.finetuning_type != "lora":
         raise UsageError("several --checkpoint_dir folders need --finetuning_type lora")
-    if data_args.template not in template_names() and data_args.template != "auto":
-        raise UsageError(f"unknown --template {data_args.template!r}; choose one of: auto, "
-                         + ", ".join(template_names()))
+    get_template(data_args.template)  # UsageError for an unknown name
     if model_args.bits in (4, 8):
         if finetuning_args.finetuning_type != "lora":
             raise UsageError(f"--bits {model_args.bits} (QLoRA) needs --finetuning_type lora")
@@ -314,14 +341,11 @@ def _last_checkpoint(output_dir: str) -> Optional[str]:
 def parse_train_args(argv=None):
     """Parse and check training arguments.
 
-    Returns ``(model_args, data_args, training_args, finetuning_args, generating_args)``; exits with status 2
-    and one ``error:`` line on invalid input.
+    Returns ``(model_args, data_args, training_args, finetuning_args, generating_args)``; raises UsageError
+    on invalid input.
     """
-    try:
-        model_args, data_args, training_args, finetuning_args, generating_args = _parse(TRAIN_CLASSES, argv)
-        check_train_args(model_args, data_args, training_args, finetuning_args)
-    except (UsageError, ValueError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    model_args, data_args, training_args, finetuning_args, generating_args = parse_dataclasses(TRAIN_CLASSES, argv)
+    check_train_args(model_args, data_args, training_args, finetuning_args)
     _finish_common(model_args, finetuning_args)
     if not (training_args.bf16 or training_args.fp16):
         logger.info("training in fp32 (pass --bf16 or --fp16 on a GPU for speed)")
@@ -333,11 +357,10 @@ def parse_train_args(argv=None):
         if last is not None:
             training_args.resume_from_checkpoint = last
             logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", last)
-        elif any(p.name != "instructkgc_args.json" for p in Path(training_args.output_dir).iterdir()):
-            fail(f"--output_dir {training_args.output_dir} is not empty and holds no checkpoint; "
-                 "pass --overwrite_output_dir")
+        elif any(p.name != ARGS_FILE for p in Path(training_args.output_dir).iterdir()):
+            raise UsageError(f"--output_dir {training_args.output_dir} is not empty and holds no checkpoint; "
+                             "pass --overwrite_output_dir")
     model_args.compute_dtype = _dtype(training_args)
-    model_args.model_max_length = data_args.cutoff_len
     from transformers import set_seed
 
     set_seed(training_args.seed)
@@ -350,17 +373,13 @@ def parse_infer_args(argv=None):
     Returns ``(model_args, data_args, training_args, finetuning_args, generating_args, infer_args)``.
     Unlike the original, ``--bf16`` / ``--fp16`` set the compute dtype here too.
     """
-    try:
-        parsed = _parse(INFER_CLASSES, argv)
-        model_args, data_args, training_args, finetuning_args, generating_args, infer_args = parsed
-        _check_common(model_args, data_args, finetuning_args)
-        if infer_args.batch_size < 1:
-            raise UsageError("--batch_size must be >= 1")
-        if infer_args.input_file and not os.path.isfile(infer_args.input_file):
-            raise UsageError(f"--input_file {infer_args.input_file}: file not found")
-    except (UsageError, ValueError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    parsed = parse_dataclasses(INFER_CLASSES, argv)
+    model_args, data_args, training_args, finetuning_args, generating_args, infer_args = parsed
+    _check_common(model_args, data_args, finetuning_args)
+    if infer_args.batch_size < 1:
+        raise UsageError("--batch_size must be >= 1")
+    if infer_args.input_file and not os.path.isfile(infer_args.input_file):
+        raise UsageError(f"--input_file {infer_args.input_file}: file not found")
     _finish_common(model_args, finetuning_args)
     model_args.compute_dtype = _dtype(training_args)
-    model_args.model_max_length = data_args.cutoff_len
     return model_args, data_args, training_args, finetuning_args, generating_args, infer_args

@@ -1,4 +1,4 @@
-"""Training data: reading, supervised preprocessing (REFERENCE §4.5) and the batch collators.
+"""Training data: reading, supervised preprocessing and the batch collators (README: Fine-tuning).
 
 * JSON arrays and JSONL are both read (streamed, ``PATH:LINE: problem`` on bad input).
 * Records whose query or output is empty/not a string are skipped, with a count warning (the original
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .template import Template, fit_prompt, get_template_and_fix_tokenizer, record_query
+from .template import Template, fit_prompt, record_query
 from .utils import IGNORE_INDEX, UsageError, get_logger
 
 logger = get_logger(__name__)
@@ -64,12 +64,12 @@ def _valid(record) -> bool:
             and isinstance(record.get("output"), str) and record["output"] != "")
 
 
-def preprocess_supervised(records: list[dict], tokenizer, data_args, template: Optional[Template] = None,
-                          what: str = "train"):
-    """Tokenise records into a ``datasets.Dataset`` with ``input_ids``, ``labels``, ``attention_mask``."""
+def preprocess_supervised(records: list[dict], tokenizer, data_args, template: Template, what: str = "train",
+                          max_prompt_len: Optional[int] = None):
+    """Tokenise records into a ``datasets.Dataset`` with ``input_ids``, ``labels``, ``attention_mask``
+    (``max_prompt_len``: see :func:`encode_supervised`)."""
     from datasets import Dataset
 
-    template = template or get_template_and_fix_tokenizer(data_args.template, tokenizer)
     if data_args.train_on_prompt and template.efficient_eos:
         raise UsageError(f"--train_on_prompt cannot be used with template {template.name} (efficient_eos)")
     kept = [r for r in records if _valid(r)]
@@ -83,8 +83,7 @@ def preprocess_supervised(records: list[dict], tokenizer, data_args, template: O
         "response": [r["output"] for r in kept],
         "system": [r.get("system") or data_args.system_prompt or "" for r in kept],
     }
-    args = (data_args.cutoff_len, data_args.max_target_length, data_args.train_on_prompt,
-            getattr(data_args, "max_prompt_len", None))
+    args = (data_args.cutoff_len, data_args.max_target_length, data_args.train_on_prompt, max_prompt_len)
 
     def encode_batch(batch):
         out = {"input_ids": [], "labels": [], "attention_mask": [], "truncated": []}

@@ -6,27 +6,28 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .utils import UsageError, fail, get_logger
+from ie2instruction.io import cli_errors
+
+from .utils import UsageError, get_logger
 
 logger = get_logger(__name__)
 
 
 def export(model_args, data_args, finetuning_args, export_dir) -> Path:
     from .loader import load_model_and_tokenizer
-    from .template import get_template_and_fix_tokenizer, stop_token_ids
 
-    if model_args.bits in (4, 8):  # the original then saved only the adapter (REFERENCE §8 item 25)
+    if model_args.bits in (4, 8):  # the original then silently saved only the adapter
         raise UsageError(f"--bits {model_args.bits}: adapters cannot be merged into a quantised model; "
                          "export with --bits 16 (the merged model can be quantised when loaded)")
-    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
-                                                compute_dtype=model_args.compute_dtype, template=data_args.template)
-    template = get_template_and_fix_tokenizer(data_args.template, tokenizer)
+    model, tokenizer, template = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
+                                                          template=data_args.template,
+                                                          compute_dtype=model_args.compute_dtype)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     out = Path(export_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True
-    stops = stop_token_ids(template, tokenizer)
+    stops = template.stop_ids(tokenizer)
     gen = model.generation_config
     gen.eos_token_id = stops[0] if len(stops) == 1 else stops
     gen.pad_token_id = tokenizer.pad_token_id
@@ -40,14 +41,12 @@ def export(model_args, data_args, finetuning_args, export_dir) -> Path:
 
 def main(argv=None) -> None:
     from .args import parse_infer_args
-    from .inference import apply_saved_defaults
+    from .run_args import apply_saved_defaults
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    model_args, data_args, _, finetuning_args, _, _ = parse_infer_args(argv)
-    try:
+    with cli_errors():
+        model_args, data_args, _, finetuning_args, _, _ = parse_infer_args(argv)
         if not finetuning_args.export_dir:
             raise UsageError("--export_dir is required")
         apply_saved_defaults(argv, model_args, data_args)
         export(model_args, data_args, finetuning_args, finetuning_args.export_dir)
-    except UsageError as err:
-        fail(str(err))

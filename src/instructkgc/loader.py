@@ -1,4 +1,4 @@
-"""Tokenizer and model loading (REFERENCE §4.6) and adapters (§4.7).
+"""Loading a tokenizer, a model with its template, and adapters (full / freeze / LoRA, README: Fine-tuning).
 
 Deviations from the original, each a bug fix:
 
@@ -20,23 +20,6 @@ from typing import Optional
 from .utils import LAYERNORM_NAMES, UsageError, get_logger, model_group
 
 logger = get_logger(__name__)
-
-ARGS_FILE = "instructkgc_args.json"
-
-
-def load_saved_train_args(checkpoint_dir) -> Optional[dict]:
-    """The arguments a model/adapter folder was trained with (``instructkgc_args.json``), or None."""
-    if not checkpoint_dir:
-        return None
-    path = Path(checkpoint_dir) / ARGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        logger.warning("%s is unreadable; ignoring it", path)
-        return None
-
 
 def _has_auto_map(path) -> bool:
     for name in ("config.json", "tokenizer_config.json"):
@@ -75,7 +58,7 @@ def _model_path(model_args, finetuning_args) -> str:
 
 
 def load_tokenizer(model_args, finetuning_args=None):
-    """Tokenizer with left padding and the reference fixes (missing eos → ``<|endoftext|>``, pad → eos)."""
+    """Tokenizer with left padding (the template's fixes come from :meth:`Template.fix_tokenizer`)."""
     from transformers import AutoTokenizer
 
     path = model_args.model_name_or_path
@@ -89,13 +72,9 @@ def load_tokenizer(model_args, finetuning_args=None):
         )
     except (OSError, ValueError) as exc:
         raise load_error(path, "a tokenizer", exc, model_args.trust_remote_code) from None
-    if tokenizer.eos_token_id is None:
-        tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if "ChatGLM" in type(tokenizer).__name__:
+    if "ChatGLM" in type(tokenizer).__name__:  # its own _pad ignores padding_side (fix of the original)
         from transformers import PreTrainedTokenizerBase
-        tokenizer._pad = PreTrainedTokenizerBase._pad.__get__(tokenizer)  # noqa: SLF001  (reference fix)
+        tokenizer._pad = PreTrainedTokenizerBase._pad.__get__(tokenizer)  # noqa: SLF001
     tokenizer.padding_side = "left"
     return tokenizer
 
@@ -204,7 +183,8 @@ def _layer_count(config) -> int:
 
 
 def init_adapter(model, model_args, finetuning_args, is_trainable: bool):
-    """Apply full / freeze / LoRA set-up (REFERENCE §4.7)."""
+    """Apply full / freeze / LoRA set-up; LoRA folders in ``--checkpoint_dir`` are merged (16-bit) or
+    stacked (quantised), and the last one is resumed as the trainable adapter when training."""
     import torch
 
     ftype = finetuning_args.finetuning_type
@@ -291,17 +271,15 @@ def model_class(model_name: Optional[str]):
     return {"chatglm": AutoModel, "openba": AutoModelForSeq2SeqLM}.get(group, AutoModelForCausalLM)
 
 
-def load_model_and_tokenizer(model_args, finetuning_args, is_trainable: bool, compute_dtype=None,
-                             template: Optional[str] = None, gradient_checkpointing: bool = False):
-    """Load ``(model, tokenizer)``: tokenizer fixes, dtype, quantisation, adapters (REFERENCE §4.6–4.7).
+def load_model_and_tokenizer(model_args, finetuning_args, is_trainable: bool, template: str, compute_dtype=None,
+                             gradient_checkpointing: bool = False):
+    """Load ``(model, tokenizer, template)``: the template named ``template`` fixes the tokenizer first (so the
+    embeddings can be resized for tokens it adds), then dtype, quantisation and adapters apply."""
+    from .template import get_template
 
-    ``template``: when given, the template's tokenizer fixes are applied first, so the embeddings can be
-    resized for tokens it adds.
-    """
+    template = get_template(template)
     tokenizer = load_tokenizer(model_args, finetuning_args)
-    if template:
-        from .template import get_template_and_fix_tokenizer
-        get_template_and_fix_tokenizer(template, tokenizer)
+    template.fix_tokenizer(tokenizer)
     path = _model_path(model_args, finetuning_args)
     config = load_config(path, model_args.trust_remote_code, cache_dir=model_args.cache_dir,
                          revision=model_args.model_revision)
@@ -330,4 +308,4 @@ def load_model_and_tokenizer(model_args, finetuning_args, is_trainable: bool, co
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, total,
                 100 * trainable / max(total, 1))
-    return model, tokenizer
+    return model, tokenizer, template

@@ -96,11 +96,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m instructkgc.smollm", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=None, help="cache root (default: <repo>/.cache)")
     args = parser.parse_args(argv)
-    try:
+    from ie2instruction.io import cli_errors
+
+    with cli_errors():
         print(smollm2_path(args.cache))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     return 0
 
 

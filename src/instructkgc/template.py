@@ -1,4 +1,4 @@
-"""Prompt templates (REFERENCE §4.3): one data registry, the reference encoding rules, tokenizer fixes.
+"""Prompt templates: one data registry, the encoding rules of the original, the tokenizer fixes and stop ids.
 
 Encoding rules (identical for training and inference):
 
@@ -6,7 +6,8 @@ Encoding rules (identical for training and inference):
   single id of special token X; a string empty after substitution gives no ids;
 * turn 0: ``bos + prefix + sep`` when the prefix gives ids, else ``bos``; bos only when the tokenizer adds
   one itself (see ``_bos_ids``);
-* ``llama2*`` templates glue the system block in front of the query string and have no sep;
+* ``llama2*`` templates (:class:`Llama2Template`) glue the system block in front of the query string and
+  have no sep;
 * ``efficient_eos`` templates: ``encode_oneturn`` returns the response **without** eos; preprocessing appends
   one eos at the very end (``Template.final_eos_ids``). Other templates end the response with eos.
   In both cases ``response_ids + template.final_eos_ids(tokenizer)`` is the full label sequence.
@@ -20,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from .utils import get_logger
+from .utils import UsageError, get_logger
 
 logger = get_logger(__name__)
 
@@ -124,7 +125,7 @@ def template_names() -> list[str]:
 def _bos_ids(tokenizer) -> list[int]:
     """``[bos]`` when the tokenizer adds bos itself, else ``[]``.
 
-    The reference tests ``getattr(tokenizer, "add_bos_token", True)``; transformers 5 tokenizers loaded from
+    The original tests ``getattr(tokenizer, "add_bos_token", True)``; transformers 5 tokenizers loaded from
     tokenizer.json report ``add_bos_token=False`` even when their post-processor adds bos (Llama-2), so we
     look at what encoding with special tokens actually does, and use the attribute only when that fails.
     """
@@ -158,10 +159,6 @@ class Template:
     efficient_eos: bool = False
     replace_eos: bool = False
 
-    @property
-    def is_llama2(self) -> bool:
-        return "llama2" in self.name
-
     def special_tokens(self) -> list[str]:
         """The ``{"token": X}`` elements the template needs as single ids."""
         return [e["token"] for e in self.prefix + self.prompt + self.sep if isinstance(e, dict)]
@@ -182,7 +179,7 @@ class Template:
                 token_id = tokenizer.convert_tokens_to_ids(elem["token"])
                 if token_id is None or (token_id == tokenizer.unk_token_id and elem["token"] != tokenizer.unk_token):
                     raise ValueError(f"template {self.name!r} needs special token {elem['token']!r}, which the "
-                                     "tokenizer lacks (use get_template_and_fix_tokenizer)")
+                                     "tokenizer lacks (call Template.fix_tokenizer first)")
                 ids.append(token_id)
         return ids
 
@@ -196,18 +193,11 @@ class Template:
         return [tokenizer.eos_token_id] if self.efficient_eos else []
 
     def encode_multiturn(self, tokenizer, history: list[tuple[str, str]], system: Optional[str] = None):
-        """``[(prompt_ids, response_ids), ...]`` per turn, following the reference rules."""
+        """``[(prompt_ids, response_ids), ...]`` per turn, following the rules of the module docstring."""
         system = system or self.system
         bos = _bos_ids(tokenizer)
         eos = self._eos_ids(tokenizer)
         pairs = []
-        if self.is_llama2:
-            for turn, (query, response) in enumerate(history):
-                if turn == 0:
-                    query = self.prefix[0].replace("{{system}}", system) + query
-                pairs.append((bos + self._ids(tokenizer, self.prompt, query=query),
-                              self._ids(tokenizer, [response]) + eos))
-            return pairs
         sep = self._ids(tokenizer, self.sep)
         for turn, (query, response) in enumerate(history):
             if turn == 0:
@@ -223,13 +213,62 @@ class Template:
         """``(prompt_ids, response_ids)`` of one turn; with ``efficient_eos`` the response has no eos."""
         return self.encode_multiturn(tokenizer, [(query, response)], system)[0]
 
+    def fix_tokenizer(self, tokenizer) -> "Template":
+        """Fix ``tokenizer`` for this template, as the original did; returns ``self``.
+
+        ``replace_eos`` makes ``stop_words[0]`` the eos; a missing eos becomes ``<|endoftext|>``; a missing pad
+        becomes eos; the other stop words become additional special tokens. Deviation: special-token elements
+        of the template that the tokenizer lacks are added too (the original silently encoded them as unk); the
+        loader resizes the embeddings when the vocabulary grew.
+        """
+        stop_words = list(self.stop_words)
+        if self.replace_eos:
+            if not stop_words:
+                raise ValueError("stop words are required to replace the EOS token")
+            tokenizer.add_special_tokens({"eos_token": stop_words[0]})
+            stop_words = stop_words[1:]
+        if tokenizer.eos_token_id is None:
+            tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        missing = [t for t in dict.fromkeys(stop_words + self.special_tokens()) if not _has_token(tokenizer, t)]
+        if stop_words or missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": list(dict.fromkeys(stop_words + missing))},
+                                         replace_extra_special_tokens=False)
+        if missing:
+            logger.warning("template %s: added special tokens missing from the tokenizer: %s", self.name, missing)
+        return self
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        """eos plus the ids of the template's stop words, for generation."""
+        ids = [tokenizer.eos_token_id]
+        for word in self.stop_words:
+            if _has_token(tokenizer, word):
+                ids.append(tokenizer.convert_tokens_to_ids(word))
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+class Llama2Template(Template):
+    """``llama2*``: the system block is glued in front of the first query, inside ``[INST] ... [/INST]``."""
+
+    def encode_multiturn(self, tokenizer, history, system=None):
+        system = system or self.system
+        bos, eos = _bos_ids(tokenizer), self._eos_ids(tokenizer)
+        pairs = []
+        for turn, (query, response) in enumerate(history):
+            if turn == 0:
+                query = self.prefix[0].replace("{{system}}", system) + query
+            pairs.append((bos + self._ids(tokenizer, self.prompt, query=query),
+                          self._ids(tokenizer, [response]) + eos))
+        return pairs
+
 
 class AutoTemplate(Template):
     """``--template auto``: the tokenizer's own ``chat_template`` (system/user/assistant roles)."""
 
     def encode_multiturn(self, tokenizer, history, system=None):
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--template auto: the tokenizer has no chat_template; pass a template name")
+            raise UsageError("--template auto: the tokenizer has no chat_template; pass a template name")
         messages = [{"role": "system", "content": system}] if system else []
         pairs, done = [], []
         for query, response in history:
@@ -252,14 +291,17 @@ class AutoTemplate(Template):
         return tokenizer.encode(text, add_special_tokens=False)
 
 
+_CLASSES = {"llama2": Llama2Template, "llama2_zh": Llama2Template}
+
+
 def get_template(name: str) -> Template:
-    """The registered template ``name`` (or ``auto``)."""
+    """The registered template ``name`` (or ``auto``); the one check of a template name (UsageError)."""
     if name == "auto":
         return AutoTemplate(name="auto")
     if name not in _REGISTRY:
-        raise ValueError(f"unknown template {name!r}; choose one of: auto, " + ", ".join(template_names()))
+        raise UsageError(f"unknown --template {name!r}; choose one of: auto, " + ", ".join(template_names()))
     spec = {k: (list(v) if isinstance(v, list) else v) for k, v in _REGISTRY[name].items()}
-    return Template(name=name, **spec)
+    return _CLASSES.get(name, Template)(name=name, **spec)
 
 
 def _has_token(tokenizer, token: str) -> bool:
@@ -268,40 +310,13 @@ def _has_token(tokenizer, token: str) -> bool:
 
 
 def get_template_and_fix_tokenizer(name: str, tokenizer) -> Template:
-    """Return the template and fix the tokenizer as the reference does.
-
-    ``replace_eos`` makes ``stop_words[0]`` the eos; a missing eos becomes ``<|endoftext|>``; a missing pad
-    becomes eos; the other stop words become additional special tokens. Deviation: special-token elements of
-    the template that the tokenizer lacks are added too (the original silently encoded them as unk); the
-    loader resizes the embeddings when the vocabulary grew.
-    """
-    template = get_template(name)
-    stop_words = list(template.stop_words)
-    if template.replace_eos:
-        if not stop_words:
-            raise ValueError("stop words are required to replace the EOS token")
-        tokenizer.add_special_tokens({"eos_token": stop_words[0]})
-        stop_words = stop_words[1:]
-    if tokenizer.eos_token_id is None:
-        tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    missing = [t for t in dict.fromkeys(stop_words + template.special_tokens()) if not _has_token(tokenizer, t)]
-    if stop_words or missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(dict.fromkeys(stop_words + missing))},
-                                     replace_extra_special_tokens=False)
-    if missing:
-        logger.warning("template %s: added special tokens missing from the tokenizer: %s", name, missing)
-    return template
+    """``get_template(name).fix_tokenizer(tokenizer)``."""
+    return get_template(name).fix_tokenizer(tokenizer)
 
 
 def stop_token_ids(template: Template, tokenizer) -> list[int]:
-    """eos plus the ids of the template's stop words, for generation."""
-    ids = [tokenizer.eos_token_id]
-    for word in template.stop_words:
-        if _has_token(tokenizer, word):
-            ids.append(tokenizer.convert_tokens_to_ids(word))
-    return list(dict.fromkeys(i for i in ids if i is not None))
+    """``template.stop_ids(tokenizer)``."""
+    return template.stop_ids(tokenizer)
 
 
 def record_query(record: dict) -> str:
@@ -312,12 +327,13 @@ def record_query(record: dict) -> str:
     return query
 
 
-def build_prompt_ids(template: Template, tokenizer, record: dict, cutoff_len: int):
-    """Prompt ids for INFERENCE from an instruction record; returns ``(ids, truncated)``.
+def build_prompt_ids(template: Template, tokenizer, record: dict, max_prompt_len: int):
+    """Prompt ids for INFERENCE from an instruction record, at most ``max_prompt_len`` of them (the prompt
+    budget: ``--cutoff_len`` of LoRA inference, ``--max_src_len`` of P-Tuning); returns ``(ids, truncated)``.
 
     The ids equal the prompt part training used (see :func:`fit_prompt`).
     """
-    return fit_prompt(template, tokenizer, record_query(record), record.get("system") or None, cutoff_len)
+    return fit_prompt(template, tokenizer, record_query(record), record.get("system") or None, max_prompt_len)
 
 
 def fit_prompt(template: Template, tokenizer, query: str, system: Optional[str], budget: int):
@@ -357,18 +373,18 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    from .loader import load_error
-    from .utils import fail
+    from ie2instruction.io import cli_errors
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        fail(str(load_error(args.tokenizer, "a tokenizer", exc, args.trust_remote_code, "--tokenizer")))
-    try:
-        template = get_template_and_fix_tokenizer(args.template, tokenizer)
+    from .loader import load_error
+
+    with cli_errors():
+        template = get_template(args.template)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise load_error(args.tokenizer, "a tokenizer", exc, args.trust_remote_code, "--tokenizer") from None
+        template.fix_tokenizer(tokenizer)
         prompt, response = template.encode_oneturn(tokenizer, args.query, args.response or "", args.system)
-    except (OSError, ValueError) as exc:
-        fail(str(exc).splitlines()[0])
     if args.response is not None:
         response = response + template.final_eos_ids(tokenizer)
     else:

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with the HF Trainer (REFERENCE §4.8): ``python src/finetune.py ...``.
+"""Supervised fine-tuning with the HF Trainer: ``python src/finetune.py ...`` (README: Fine-tuning).
 
 Fixes over the original: runs without a validation split; ``--val_set_size`` not smaller than the data
 skips the split with a warning; arguments used are saved to ``<output_dir>/instructkgc_args.json`` (and each
@@ -6,18 +6,20 @@ checkpoint) so inference can default to them; gradient checkpointing only when a
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ie2instruction.io import cli_errors
+
 from .args import parse_train_args
-from .utils import UsageError, fail, get_logger
+from .run_args import write_args
+from .utils import UsageError, get_logger
 
 logger = get_logger(__name__)
 
-SAVED_KEYS = ("model_name_or_path", "model_name", "template", "cutoff_len", "max_source_length",
-              "max_target_length", "finetuning_type", "bits", "lora_r", "lora_alpha", "lora_target_modules",
-              "additional_target", "checkpoint_dir", "system_prompt", "train_on_prompt", "packing", "stage")
+SAVED_KEYS = ("model_name_or_path", "model_name", "template", "cutoff_len", "max_target_length", "finetuning_type",
+              "bits", "lora_r", "lora_alpha", "lora_target_modules", "additional_target", "checkpoint_dir",
+              "system_prompt", "train_on_prompt", "packing", "stage")
 
 
 def saved_args(model_args, data_args, training_args, finetuning_args) -> dict:
@@ -29,14 +31,6 @@ def saved_args(model_args, data_args, training_args, finetuning_args) -> dict:
     merged["compute_dtype"] = str(model_args.compute_dtype).replace("torch.", "") if model_args.compute_dtype \
         else None
     return merged
-
-
-def write_args(folder, summary: dict) -> None:
-    path = Path(folder) / "instructkgc_args.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _datasets(tokenizer, template, data_args, training_args):
@@ -75,16 +69,15 @@ def run(argv=None) -> dict:
 
     from .data import make_collator
     from .loader import load_model_and_tokenizer
-    from .template import get_template_and_fix_tokenizer
 
     checkpointing = bool(getattr(training_args, "activation_checkpointing", False)
                          or getattr(training_args, "gradient_checkpointing", False))
     for name in ("activation_checkpointing", "gradient_checkpointing"):
         if hasattr(training_args, name):
             setattr(training_args, name, False)  # the loader enables it (once, PEFT-aware)
-    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, training_args.do_train,
-                                                template=data_args.template, gradient_checkpointing=checkpointing)
-    template = get_template_and_fix_tokenizer(data_args.template, tokenizer)
+    model, tokenizer, template = load_model_and_tokenizer(model_args, finetuning_args, training_args.do_train,
+                                                          template=data_args.template,
+                                                          gradient_checkpointing=checkpointing)
     with training_args.main_process_first(desc="tokenising"):
         train, valid = _datasets(tokenizer, template, data_args, training_args)
     if valid is None:
@@ -121,11 +114,5 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> None:
-    from ie2instruction.io import InputError
-
-    try:
+    with cli_errors():
         run(argv)
-    except UsageError as exc:
-        fail(str(exc))
-    except InputError as exc:
-        fail(str(exc))

@@ -8,10 +8,12 @@ import os
 import sys
 from typing import Optional
 
+from ie2instruction.io import UsageError  # noqa: F401  (one class for both sides; cli_errors reports it)
+
 IGNORE_INDEX = -100
 LAYERNORM_NAMES = ("norm", "ln")
 
-# REFERENCE §4.4: --model_name (lower-cased) -> group.
+# --model_name (lower-cased) -> group: decides the LoRA targets and the model class (README: Fine-tuning).
 MODEL_GROUPS = {
     "llama": ("llama", "llama2", "llama3", "alpaca", "vicuna", "zhixi"),
     "custom": ("custom",),
@@ -40,9 +42,12 @@ LORA_TARGETS = {
 
 logger = logging.getLogger("instructkgc")
 
-
-class UsageError(ValueError):
-    """An invalid argument or combination of arguments; reported as one line, exit status 2."""
+# bitsandbytes (>= 0.48) on a CPU with AVX512-BF16 tries, at import, to fetch an optional 4-bit CPU kernel from the
+# Hugging Face hub through the `kernels` package, and warns "Failed to load CPU gemm_4bit_forward from
+# kernels-community: No module named 'kernels'" on every model load when it is absent. It then uses its own
+# built-in CPU path, which is what we want offline; the warning says nothing actionable, so it is dropped here.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward"))
 
 
 def get_logger(name: str = "instructkgc") -> logging.Logger:
@@ -57,8 +62,18 @@ def get_logger(name: str = "instructkgc") -> logging.Logger:
     return logging.getLogger(name)
 
 
+def read_json_file(path):
+    """The JSON value in ``path``; UsageError ``PATH:LINE: invalid JSON (...)`` when it is not JSON."""
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
 def model_group(model_name: Optional[str]) -> str:
-    """Map ``--model_name`` to its group (REFERENCE §4.4); unknown names give ``other``."""
+    """Map ``--model_name`` to its group (see ``MODEL_GROUPS``); unknown names give ``other``."""
     name = (model_name or "").lower()
     for group, members in MODEL_GROUPS.items():
         if name in members:
@@ -106,9 +121,3 @@ def default_lora_targets(model_name: Optional[str]) -> list[str]:
 
 def is_main_process() -> bool:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) <= 0
-
-
-def fail(message: str, status: int = 2):
-    """Print one ``error:`` line on stderr and exit with ``status``."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(status)

@@ -10,8 +10,8 @@ import importlib.util
 import os
 import sys
 
-from ie2instruction.io import InputError, cli_errors, fail
 from ie2instruction.io import check_output as guard_output
+from ie2instruction.io import cli_errors
 from ie2instruction.tasks import TASKS, get_task
 
 from ..utils import UsageError
@@ -73,13 +73,14 @@ FALLBACKS = {"model_name": "llama", "template": "alpaca", "cutoff_len": 512}
 def _fill_defaults(args) -> None:
     """``--model_name``, ``--template``, ``--cutoff_len`` not given: the values the adapter in
     ``--checkpoint_dir`` was trained with (``instructkgc_args.json``), else the usual defaults."""
-    from ..loader import load_saved_train_args
+    from ..run_args import fill_from_checkpoint
 
-    first = args.checkpoint_dir.split(",")[0].strip() if args.checkpoint_dir else None
-    saved = load_saved_train_args(first) or {}
+    if args.checkpoint_dir:
+        first = args.checkpoint_dir.split(",")[0].strip()
+        fill_from_checkpoint(first, args, tuple(FALLBACKS), {k for k in FALLBACKS if getattr(args, k) is not None})
     for key, fallback in FALLBACKS.items():
         if getattr(args, key) is None:
-            setattr(args, key, saved.get(key) if saved.get(key) is not None else fallback)
+            setattr(args, key, fallback)
 
 
 def _check(args) -> None:
@@ -91,10 +92,9 @@ def _check(args) -> None:
             raise UsageError(f"--{name} must be at least 1")
     if args.window_overlap < 0:
         raise UsageError("--window_overlap must be >= 0")
-    from ..template import template_names
+    from ..template import get_template
 
-    if args.template != "auto" and args.template not in template_names():
-        raise UsageError(f"unknown --template {args.template!r}; choose one of: auto, " + ", ".join(template_names()))
+    get_template(args.template)  # UsageError for an unknown name
     check_format(args.format)
     check_output(args.output, args.format)
     inputs = {"--input": args.input, "--schema": args.schema if os.path.isfile(args.schema) else None}
@@ -110,9 +110,9 @@ def _constrained(args) -> bool:
 
 
 def load_engine(args, constrained: bool):
-    """``(engine, tokenizer, template)`` through ``instructkgc.inference.build_engine`` (as src/inference.py)."""
+    """``(engine, tokenizer, template)`` through ``instructkgc.predict.build_engine`` (as src/inference.py)."""
     from ..args import DataArguments, FinetuningArguments, GenerationArguments, InferArguments, ModelArguments
-    from ..inference import build_engine
+    from ..predict import build_engine
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_name=args.model_name,
                                 checkpoint_dir=args.checkpoint_dir, bits=args.bits,
@@ -162,8 +162,5 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     with cli_errors():
-        try:
-            run(args)
-        except UsageError as err:
-            fail(InputError(None, None, str(err).splitlines()[0] if str(err) else "invalid arguments"))
+        run(args)
     return 0

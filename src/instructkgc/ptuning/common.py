@@ -3,16 +3,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..utils import UsageError
-
 
 def load_base(model_dir: str, dtype=None, template: Optional[str] = None, trust_remote_code: bool = False,
               flag: str = "--model_dir"):
-    """``(model, tokenizer, template_name)``: the frozen base model in eval mode, the tokenizer fixed for the
+    """``(model, tokenizer, template)``: the frozen base model in eval mode, the tokenizer fixed for the
     template (``template`` None: ``auto`` when the tokenizer has a chat template, else ``default``)."""
     from ..args import FinetuningArguments, ModelArguments
     from ..loader import load_config, load_model_and_tokenizer, load_tokenizer
-    from ..template import template_names
 
     config = load_config(model_dir, trust_remote_code, flag)
     model_args = ModelArguments(model_name_or_path=model_dir, model_name=getattr(config, "model_type", "other"),
@@ -21,11 +18,8 @@ def load_base(model_dir: str, dtype=None, template: Optional[str] = None, trust_
     if template is None:
         tokenizer = load_tokenizer(model_args)
         template = "auto" if getattr(tokenizer, "chat_template", None) else "default"
-    elif template != "auto" and template not in template_names():
-        raise UsageError(f"unknown --template {template!r}; choose one of: auto, " + ", ".join(template_names()))
-    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
-                                                compute_dtype=dtype, template=template)
-    return model, tokenizer, template
+    return load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False, template=template,
+                                    compute_dtype=dtype)
 
 
 def cuda_dtype():

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..utils import UsageError, fail, get_logger
+from ie2instruction.io import cli_errors
+
+from ..utils import UsageError, get_logger
 
 logger = get_logger(__name__)
 
@@ -41,15 +43,17 @@ class PtuningInferArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code shipped in the model "
                                                                      "folder (auto_map); off unless given."})
 
-    def resolve(self, saved: dict) -> None:
-        """Fill defaults from the checkpoint's training settings and check the values."""
+    def resolve(self) -> None:
+        """Fill defaults from the checkpoint's training settings (``instructkgc_args.json``) and check."""
+        from ..run_args import fill_from_checkpoint
+
+        names = {"ori_model_dir": "model_dir", "max_len": "max_len", "max_src_len": "max_src_len",
+                 "template": "template"}
+        fill_from_checkpoint(self.model_dir, self, names, {k for k in names if getattr(self, k)})
         if not self.ori_model_dir:
-            self.ori_model_dir = saved.get("model_dir")
-            if not self.ori_model_dir:
-                raise UsageError("--ori_model_dir is required")
-        self.max_len = self.max_len or saved.get("max_len") or 768
-        self.max_src_len = self.max_src_len or saved.get("max_src_len") or 450
-        self.template = self.template or saved.get("template")
+            raise UsageError("--ori_model_dir is required")
+        self.max_len = self.max_len or 768
+        self.max_src_len = self.max_src_len or 450
         if self.max_new_tokens is None:
             self.max_new_tokens = self.max_len - self.max_src_len
         if self.max_src_len < 1 or self.max_new_tokens < 1:
@@ -61,12 +65,9 @@ class PtuningInferArguments:
 
 
 def parse_args(argv=None) -> PtuningInferArguments:
-    import sys
+    from ..args import parse_dataclasses
 
-    from transformers import HfArgumentParser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = HfArgumentParser(PtuningInferArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses((PtuningInferArguments,), argv)
     if not args.model_dir:
         raise UsageError("--model_dir (the P-Tuning checkpoint) is required")
     return args
@@ -88,7 +89,6 @@ def _device(name: str):
 def load_ptuned(model_dir: str, ori_model_dir: str, device=None, template: Optional[str] = None,
                 trust_remote_code: bool = False):
     """``(generator, tokenizer, template)``: base model + checked prefixes, ready for the HF engine."""
-    from ..template import get_template_and_fix_tokenizer
     from .common import cuda_dtype, load_base
     from .prefix import PrefixGenerator, check_checkpoint, load_prefix
 
@@ -99,7 +99,7 @@ def load_ptuned(model_dir: str, ori_model_dir: str, device=None, template: Optio
     if device is not None:
         model.to(device)
     model.eval()
-    return PrefixGenerator(model), tokenizer, get_template_and_fix_tokenizer(template, tokenizer)
+    return PrefixGenerator(model), tokenizer, template
 
 
 def run(args: PtuningInferArguments):
@@ -107,18 +107,18 @@ def run(args: PtuningInferArguments):
     from ..infer.engine import SamplingSettings
     from ..infer.hf_engine import HFEngine
     from ..infer.records import check_files, predict_file
-    from ..inference import report
-    from ..template import build_prompt_ids, stop_token_ids
-    from .prefix import checkpoint_settings, read_checkpoint_config
+    from ..predict import report
+    from ..template import build_prompt_ids
+    from .prefix import read_checkpoint_config
 
     read_checkpoint_config(args.model_dir)
-    args.resolve(checkpoint_settings(args.model_dir))
+    args.resolve()
     if not os.path.isfile(args.test_path):
         raise UsageError(f"--test_path {args.test_path}: file not found")
     check_files(args.test_path, args.output_file, args.resume, "--test_path")  # before the model is loaded
     generator, tokenizer, template = load_ptuned(args.model_dir, args.ori_model_dir, _device(args.device),
                                                  args.template, args.trust_remote_code)
-    engine = HFEngine(generator, tokenizer, stop_token_ids(template, tokenizer),
+    engine = HFEngine(generator, tokenizer, template.stop_ids(tokenizer),
                       SamplingSettings(max_new_tokens=args.max_new_tokens), batch_size=args.batch_size,
                       constrained=args.constrained_decoding)
     try:
@@ -132,10 +132,5 @@ def run(args: PtuningInferArguments):
 
 
 def main(argv=None) -> None:
-    from ie2instruction.io import cli_errors
-
     with cli_errors():
-        try:
-            run(parse_args(argv))
-        except UsageError as exc:
-            fail(str(exc))
+        run(parse_args(argv))

@@ -15,10 +15,10 @@ transformers 5.24, whose generation kwarg is ``cache``).
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
-from ..loader import ARGS_FILE
-from ..utils import UsageError, get_logger
+
+from ..run_args import read_args, write_args
+from ..utils import UsageError, get_logger, read_json_file
 
 logger = get_logger(__name__)
 
@@ -62,10 +62,7 @@ def read_checkpoint_config(folder) -> dict:
         raise UsageError(f"{folder}: P-Tuning checkpoint folder not found")
     if not path.is_file():
         raise UsageError(f"{folder}: not a P-Tuning checkpoint (no adapter_config.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    config = read_json_file(path)
     if config.get("peft_type") != "PREFIX_TUNING":
         raise UsageError(f"{folder}: a {config.get('peft_type')} adapter, not a P-Tuning v2 (prefix) checkpoint")
     return config
@@ -74,7 +71,7 @@ def read_checkpoint_config(folder) -> dict:
 def check_compatible(model_config, folder, saved: dict) -> None:
     """UsageError (one line) when the base model cannot take the checkpoint's prefixes."""
     expected = prefix_config(model_config, int(saved["num_virtual_tokens"]), bool(saved.get("prefix_projection")))
-    meta = _read_meta(folder)
+    meta = read_args(folder)
     problems = [f"{k} {saved.get(k)} vs {getattr(expected, k)}" for k in SHAPE_KEYS
                 if saved.get(k) is not None and saved.get(k) != getattr(expected, k)]
     want_type = meta.get("model_type")
@@ -93,15 +90,6 @@ def check_checkpoint(folder, model_dir, trust_remote_code: bool = False, flag: s
     config = load_config(model_dir, trust_remote_code, flag)
     check_compatible(config, folder, saved)
     return saved
-
-
-def _read_meta(folder) -> dict:
-    path = Path(folder) / ARGS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
-        logger.warning("%s is unreadable; ignoring it", path)
-        return {}
 
 
 def load_prefix(model, folder, is_trainable: bool = False):
@@ -145,15 +133,7 @@ def save_prefix(peft_model, folder, meta: dict) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
               str(folder / ENCODER_FILE))
     base = peft_model.get_base_model().config
-    meta = dict(meta, model_type=getattr(base, "model_type", None))
-    tmp = folder / (ARGS_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    tmp.replace(folder / ARGS_FILE)
-
-
-def checkpoint_settings(folder) -> dict:
-    """The training settings saved with a checkpoint (empty when absent)."""
-    return _read_meta(folder)
+    write_args(folder, dict(meta, model_type=getattr(base, "model_type", None)))
 
 
 class PrefixGenerator:

@@ -10,7 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..utils import UsageError, fail, get_logger
+from ie2instruction.io import cli_errors
+
+from ..utils import UsageError, get_logger
 
 logger = get_logger(__name__)
 
@@ -44,7 +46,6 @@ class PtuningTrainArguments:
                                                                           "continue training from."})
     deepspeed: Optional[str] = field(default=None, metadata={"help": "DeepSpeed config file (optional)."})
     local_rank: int = field(default=-1, metadata={"help": "Set by the deepspeed / torch launchers."})
-    prompt_text: str = field(default="", metadata={"help": "Unused (kept for old command lines)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run Python code shipped in the model "
                                                                      "folder (auto_map); off unless given."})
 
@@ -70,12 +71,9 @@ class PtuningTrainArguments:
 
 
 def parse_args(argv=None) -> PtuningTrainArguments:
-    import sys
+    from ..args import parse_dataclasses
 
-    from transformers import HfArgumentParser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = HfArgumentParser(PtuningTrainArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses((PtuningTrainArguments,), argv)
     args.check()
     return args
 
@@ -99,25 +97,21 @@ def _training_arguments(args: PtuningTrainArguments, dtype):
 
 def train(args: PtuningTrainArguments):
     """Train the prefixes; returns the trained peft model (its base model is unchanged)."""
-    from types import SimpleNamespace
-
     from transformers import Trainer, TrainerCallback, set_seed
 
+    from ..args import DataArguments
     from ..data import load_records, make_collator, preprocess_supervised
-    from ..template import get_template_and_fix_tokenizer
+    from ..run_args import fill_from_checkpoint
     from .common import cuda_dtype, load_base
-    from .prefix import add_prefix, check_checkpoint, checkpoint_settings, load_prefix, save_prefix
+    from .prefix import add_prefix, check_checkpoint, load_prefix, save_prefix
 
     set_seed(args.seed)
     records = load_records(args.train_path)  # bad input fails before any model loads
-    template_name = args.template
-    saved = check_checkpoint(args.checkpoint_dir, args.model_dir, args.trust_remote_code) if args.checkpoint_dir \
-        else None
+    saved = check_checkpoint(args.checkpoint_dir, args.model_dir, args.trust_remote_code) if args.checkpoint_dir else None
     if saved is not None:
-        template_name = template_name or checkpoint_settings(args.checkpoint_dir).get("template")
+        fill_from_checkpoint(args.checkpoint_dir, args, ("template",), {"template"} if args.template else set())
     dtype = cuda_dtype()
-    model, tokenizer, template_name = load_base(args.model_dir, dtype, template_name, args.trust_remote_code)
-    template = get_template_and_fix_tokenizer(template_name, tokenizer)
+    model, tokenizer, template = load_base(args.model_dir, dtype, args.template, args.trust_remote_code)
     if saved is not None:
         if bool(saved.get("prefix_projection")) != args.prefix_projection or \
                 saved.get("num_virtual_tokens") != args.pre_seq_len:
@@ -128,17 +122,16 @@ def train(args: PtuningTrainArguments):
         model = add_prefix(model, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size)
     model.print_trainable_parameters()
 
-    data_args = SimpleNamespace(template=template_name, train_on_prompt=False, system_prompt=None,
-                                cutoff_len=args.max_len, max_target_length=args.max_len - args.max_src_len,
-                                max_prompt_len=args.max_src_len,
-                                preprocessing_num_workers=None, packing=False, ignore_pad_token_for_loss=True)
-    train_set = preprocess_supervised(records, tokenizer, data_args, template, "train")
+    data_args = DataArguments(template=template.name, cutoff_len=args.max_len,
+                              max_target_length=args.max_len - args.max_src_len, packing=False)
+    train_set = preprocess_supervised(records, tokenizer, data_args, template, "train",
+                                      max_prompt_len=args.max_src_len)
     if len(train_set) == 0:
         raise UsageError(f"{args.train_path}: no usable training records")
     # Right padding: peft numbers real tokens from the prefix length on, as generation does.
     tokenizer.padding_side = "right"
     collator = make_collator(tokenizer, model, data_args)
-    meta = {"model_dir": args.model_dir, "template": template_name, "max_len": args.max_len,
+    meta = {"model_dir": args.model_dir, "template": template.name, "max_len": args.max_len,
             "max_src_len": args.max_src_len, "pre_seq_len": model.active_peft_config.num_virtual_tokens,
             "prefix_projection": model.active_peft_config.prefix_projection, "train_path": args.train_path}
 
@@ -162,11 +155,6 @@ def train(args: PtuningTrainArguments):
 
 
 def main(argv=None) -> None:
-    from ie2instruction.io import cli_errors
-
     os.environ.setdefault("WANDB_DISABLED", "true")
     with cli_errors():
-        try:
-            train(parse_args(argv))
-        except UsageError as exc:
-            fail(str(exc))
+        train(parse_args(argv))

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .answers import INVALID, load_answer
-from .io import InputError, LabelError, atomic_writer, check_output, cli_errors, escape_surrogates, fast_loads, read_records
+from .io import (InputError, LabelError, atomic_writer, check_output, cli_errors, escape_surrogates, fast_loads,
+                 one_line, read_records)
 from .metrics import MATCH_MODES, MissingExtra, Rouge, Scorer, core
 from .tasks import TASKS, get_task
 
@@ -63,12 +64,8 @@ class Warnings:
                   f"({self.count} in all, counted in 错误数)", file=self.stream)
 
 
-_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
-
-
 def _clip(text: Any, n: int = 80) -> str:
-    s = text if isinstance(text, str) else repr(text)
-    s = s.translate(_LINE_BREAKS)  # a warning stays one line
+    s = one_line(text if isinstance(text, str) else repr(text))  # a warning stays one line
     return s if len(s) <= n else s[:n] + f"... ({len(s)} chars)"
 
 
@@ -208,7 +205,7 @@ def collect(path: str | os.PathLike, opts: Options, warn: Callable[[int, str, An
         ident = first.get(base)
         instruction = _instruction(rec, path, line, required=ident is None)
         text = instruction.get("input") if instruction else None
-        label = rec.get("label")
+        label = _string_field(rec, "label", path, line) if "label" in rec else None
         if ident is None:
             key = base
             first[base] = ident = (text, label)

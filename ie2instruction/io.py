@@ -39,7 +39,15 @@ class InputError(Exception):
 
     def __str__(self) -> str:
         where = [str(p) for p in (self.path, self.line) if p is not None]
-        return ":".join(where + [" " + self.message]) if where else self.message
+        return one_line(":".join(where + [" " + self.message]) if where else self.message)
+
+
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that could break the line (``str.splitlines``) written as an escape."""
+    return text.translate(_LINE_BREAKS)
 
 
 class LabelError(ValueError):
@@ -93,6 +101,9 @@ def cli_errors():
     except UsageError as err:
         fail(f"error: {str(err).splitlines()[0] if str(err) else 'invalid arguments'}")
     except (Interrupted, KeyboardInterrupt) as exc:
+        for tmp in list(_LIVE_TEMPS):  # the signal may have come between mkstemp and atomic_writer's try
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"interrupted by {signal.Signals(signum).name}; unfinished output removed, inputs untouched",
               file=sys.stderr)
@@ -127,6 +138,10 @@ def check_output(path: str | os.PathLike, flag: str, inputs: dict[str, Any] | No
     path = os.fspath(path)
     if path == "-":
         return
+    if not path.strip():
+        raise InputError(None, None, f"{flag}: empty path")
+    if path.endswith((os.sep, "/")) and not directory:
+        raise InputError(path, None, f"{flag} ends with '/', a folder; give a file path")
     for in_flag, src in (inputs or {}).items():
         if src is not None and src != "-" and _same_file(path, os.fspath(src)):
             raise InputError(path, None, f"{flag} is the same file as {in_flag}; refusing to overwrite an input "
@@ -356,7 +371,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w"):
         umask = os.umask(0)
         os.umask(umask)
         keep = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _temp_file(target)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "\n") as f:
             yield f
@@ -366,3 +381,22 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        _LIVE_TEMPS.discard(tmp)
+
+
+_LIVE_TEMPS: set[str] = set()  # temporary files not yet renamed; removed by cli_errors on a signal
+
+
+def _temp_file(target: Path) -> tuple[int, str]:
+    """``mkstemp`` beside ``target``, registered in ``_LIVE_TEMPS`` with signals held back in between, so that a
+    signal arriving at any moment finds the file either absent or registered."""
+    block = getattr(signal, "pthread_sigmask", None)
+    held = block(signal.SIG_BLOCK, SIGNALS) if block else None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _LIVE_TEMPS.add(tmp)
+    finally:
+        if block:
+            block(signal.SIG_SETMASK, held)
+    return fd, tmp

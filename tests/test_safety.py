@@ -317,7 +317,7 @@ def test_adapter_of_another_width_is_one_line(tiny_model_dir, tmp_path):
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(wider)
     args = ModelArguments(model_name_or_path=str(wider), checkpoint_dir=str(adapter))
     with pytest.raises(UsageError, match="another size") as err:
-        load_model_and_tokenizer(args, FinetuningArguments(), is_trainable=False)
+        load_model_and_tokenizer(args, FinetuningArguments(), is_trainable=False, template="default")
     assert "\n" not in str(err.value)
 
 

@@ -13,11 +13,9 @@ from ie2instruction.io import InputError, fail
 from ie2instruction.tasks import TASKS, get_task
 
 from ..utils import UsageError
+from . import outputs
 from .documents import load_schema, read_documents
-from .export import DEFAULT_BASE_IRI, FORMATS, check_format, check_output, write_results
-from .ground import result_field
-
-DEFAULT_SPLIT_NUM = {"NER": 6, "RE": 4, "SPO": 4, "EE": 4, "EET": 4, "EEA": 4, "KG": 1}
+from .export import DEFAULT_BASE_IRI, FORMATS, check_format, check_output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -55,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--keep_ungrounded", action="store_true",
                    help="keep extracted spans that do not occur in the text (with null offsets)")
     p.add_argument("--base_iri", default=DEFAULT_BASE_IRI, help="namespace of the IRIs in --format turtle")
+    outputs.add_arguments(p)
     return p
 
 
@@ -92,6 +91,7 @@ def _check(args) -> None:
         raise UsageError(f"unknown --template {args.template!r}; choose one of: auto, " + ", ".join(template_names()))
     check_format(args.format)
     check_output(args.output, args.format)
+    outputs.check(args)
 
 
 def _constrained(args) -> bool:
@@ -125,10 +125,11 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
         raise UsageError(f"--task: {err}") from None
     schema = load_schema(task, args.schema)
     docs = read_documents(args.input, args.input_format)
+    docs, skipped = outputs.skip_stored(args, docs)
     constrained = _constrained(args)
-    if engine is None:
+    if engine is None and docs:
         engine, tokenizer, template = load_engine(args, constrained)
-    split_num = args.split_num if args.split_num is not None else DEFAULT_SPLIT_NUM[task.name]
+    split_num = args.split_num if args.split_num is not None else task.extract_split_num
     builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
     extractor = Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
                           block_size=max(64, 4 * args.batch_size))
@@ -136,14 +137,16 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
         from tqdm import tqdm
 
         extractor.bar = tqdm(desc=f"extract {task.name}", unit=" prompt", mininterval=0.5)
+    judge = outputs.model_judge(engine, template, tokenizer, args.system_prompt) if args.resolve_judge and engine else None
     try:
-        write_results(extractor.run(docs), args.output, args.format, args.base_iri)
+        written = outputs.write(args, extractor.run(docs), judge)
     finally:
         if extractor.bar is not None:
             extractor.bar.close()
     summary = extractor.summary
-    for line in summary.lines(task.name, result_field(task.name), args.keep_ungrounded):
+    for line in summary.lines(task.name, task.result_field, args.keep_ungrounded):
         print(line, file=sys.stderr)
+    outputs.print_summary(task.name, {**written, **skipped})
     where = args.output if args.output != "-" else "stdout"
     print(f"extract {task.name}: wrote {args.format} to {where}", file=sys.stderr)
     return summary.__dict__

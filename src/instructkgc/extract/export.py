@@ -92,7 +92,7 @@ class Edge:
 
 
 def _q(s: str) -> str:
-    return quote(s, safe="")
+    return quote(clean(s), safe="")
 
 
 def entity_path(name: str, etype: str = "") -> str:

@@ -6,12 +6,15 @@ arguments have type ``""``). Names are merged into clusters in stages, each stag
 1. ``exact``: equal after normalisation (Unicode NFKC, case-fold, diacritics removed, punctuation and
    whitespace collapsed): "Barack  Obama", "barack obama", "Barack Obama." .
 2. ``rule``: equal once honorifics and titles ("President", "Dr.") or corporate suffixes ("Inc.", "Ltd")
-   are removed (rules ``honorific`` / ``corporate-suffix``); an acronym of exactly one longer name
-   ("IBM" = "International Business Machines", rule ``acronym``); a name whose words are a subset of exactly
-   one longer name's words ("Obama" = "Barack Obama" while no other "… Obama" exists, rule
-   ``token-subset``).
-3. ``fuzzy``: rapidfuzz ``token_sort_ratio`` of the normalised names at least ``threshold`` (0-100), never between
-   names that differ in a number ("Apollo 11" / "Apollo 12").
+   are removed (rules ``honorific`` / ``corporate-suffix``); an acronym of exactly one longer name ("IBM" =
+   "International Business Machines", rule ``acronym``); a name whose words end exactly one longer name ("Obama" = "Barack Obama" while no other "… Obama" exists, rule
+   ``token-subset``; only the last words, as surnames are used, so "Apple" does not become "Apple
+   Records"). Names with different titles ("Mrs. Obama", "President Obama") are not merged by the honorific
+   rule.
+3. ``fuzzy``: rapidfuzz ``token_sort_ratio`` of the normalised names at least ``threshold`` (0-100),
+   never between names that differ in a number ("Apollo 11" / "Apollo 12"). The rules then run once more,
+   as a fuzzy merge can leave a rule one candidate where it saw two ("WHO" once "World Health
+   Organization" and "World Health Organisation" are one).
 4. ``judge`` (optional): pairs scoring between ``judge_floor`` and ``threshold`` are asked to a judge (the
    loaded model: "Are X and Y the same person?").
 
@@ -32,15 +35,16 @@ Name = tuple[str, str]  # (surface form, type)
 Judge = Callable[[list[tuple[Name, Name]]], list[bool]]
 
 STAGES = ("exact", "rule", "fuzzy", "judge")
-DEFAULT_THRESHOLD = 90.0
+DEFAULT_THRESHOLD = 94.0  # chosen on the gold set: README, "Entity resolution"
 DEFAULT_JUDGE_FLOOR = 75.0
 
-HONORIFICS = frozenset("""mr mrs ms miss mx dr prof professor sir dame lord lady president vice senator sen
+HONORIFICS = frozenset("""mr mrs ms miss mx madame mme monsieur herr frau dr prof professor sir dame lord
+lady president vice senator sen
 rep representative governor gov mayor minister chancellor premier secretary general gen colonel col captain
 capt lieutenant lt sergeant sgt admiral judge justice king queen prince princess pope saint st rev reverend
 father sister brother sheikh ceo chairman chairwoman chair director""".split())
 CORPORATE = frozenset("""inc incorporated corp corporation co company ltd limited llc llp plc gmbh ag sa nv bv
-se spa srl oy ab kk holdings holding group""".split())
+se spa srl oy ab kk holdings holding group com""".split())  # "Amazon.com Inc." -> "amazon"
 STOPWORDS = frozenset("of the and for de du des la le von van der".split())
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
 _DIGITS = re.compile(r"\d+")
@@ -191,20 +195,23 @@ class Resolver:
             self._rules(res)
         if self.last >= 2:
             self._fuzzy(res)
+            self._rules(res)  # again: a fuzzy merge can leave a rule one candidate where it saw two
         if self.last >= 3 and self.judge is not None:
             self._judge(res)
         return res.finish(frozenset(fixed))
 
     # ---- stages -------------------------------------------------------------------------------------------
     @staticmethod
-    def _group(res: Resolution, key: Callable[[Name], str], stage: str, rule: str, why: str) -> None:
-        """Merge names with equal non-empty ``key`` and compatible types; untyped names join only a unique
-        typed group."""
+    def _group(res: Resolution, key: Callable[[Name], str], stage: str, rule: str, why: str,
+               ok: Callable[[list[Name]], bool] = lambda members: True) -> None:
+        """Merge names with equal non-empty ``key`` and compatible types (a group that ``ok`` refuses is left
+        alone); untyped names join only a unique typed group."""
         groups: dict[tuple[str, str], list[Name]] = {}
         for n in sorted(res.info):
             k = key(n)
             if k:
                 groups.setdefault((k, n[1]), []).append(n)
+        groups = {k: members for k, members in groups.items() if ok(members)}
         for (k, etype), members in sorted(groups.items()):
             for other in members[1:]:
                 res.union(other, members[0], stage, rule, why.format(k))
@@ -224,7 +231,11 @@ class Resolver:
         def stripped(words: frozenset) -> Callable[[Name], str]:
             return lambda n: " ".join(_strip(normalise(n[0]).split(), words))
 
-        self._group(res, stripped(HONORIFICS), "rule", "honorific", "equal without honorifics: '{}'")
+        def one_title(members: list[Name]) -> bool:  # "Mrs. Obama" and "President Obama": not one person
+            titles = {tuple(t for t in normalise(n[0]).split() if t in HONORIFICS) for n in members}
+            return len(titles - {()}) <= 1
+
+        self._group(res, stripped(HONORIFICS), "rule", "honorific", "equal without honorifics: '{}'", one_title)
         self._group(res, stripped(CORPORATE), "rule", "corporate-suffix", "equal without corporate suffixes: '{}'")
         self._acronyms(res)
         self._subsets(res)
@@ -251,21 +262,21 @@ class Resolver:
                 res.union(n, target, "rule", "acronym", f"'{n[0]}' is the acronym of '{target[0]}'")
 
     def _subsets(self, res: Resolution) -> None:
-        tokens = {n: frozenset(core_tokens(n[0])) for n in res.info}
+        tokens = {n: tuple(core_tokens(n[0])) for n in res.info}
         for n in sorted(res.info, key=lambda n: (len(tokens[n]), n)):
             mine = tokens[n]
             if not mine or all(t.isdigit() for t in mine):
                 continue
-            pool = [m for m in res.info if len(tokens[m]) > len(mine) and mine < tokens[m]]
+            pool = [m for m in res.info if len(tokens[m]) > len(mine) and tokens[m][-len(mine):] == mine]
             targets = self._candidates(res, n, pool)
             if len(targets) == 1:
                 target = max((m for m in pool if res.find(m) in targets), key=lambda m: (len(tokens[m]), m))
                 res.union(n, target, "rule", "token-subset",
-                          f"the words of '{n[0]}' are in '{target[0]}' and in no other name of the type")
+                          f"'{n[0]}' ends '{target[0]}' and no other name of the type")
 
     def _pairs(self, res: Resolution, floor: float):
-        """Type-compatible pairs of names in different clusters whose similarity is at least ``floor``, best
-        first (numbers must agree)."""
+        """Pairs of names in different clusters of one type whose similarity is at least ``floor``, best first
+        (numbers must agree)."""
         from rapidfuzz import fuzz, process
 
         names = sorted(res.info)
@@ -273,7 +284,7 @@ class Resolver:
         out = []
         for i, j, score in _matches(process, fuzz, norm, floor):
             a, b = names[i], names[j]
-            if a[1] and b[1] and a[1] != b[1]:
+            if res.types[res.find(a)] != res.types[res.find(b)]:  # untyped joins typed only by a rule
                 continue
             if _DIGITS.findall(norm[i]) != _DIGITS.findall(norm[j]) or min(len(norm[i]), len(norm[j])) < 4:
                 continue

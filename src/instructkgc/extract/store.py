@@ -10,7 +10,6 @@ made.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -58,8 +57,7 @@ class KGStore:
             raise UsageError(f"--store {directory}: not a directory")
         if meta.is_file():
             stored = json.loads(meta.read_text(encoding="utf-8"))["base_iri"]
-            if base_iri is not None and base_iri not in (stored, DEFAULT_BASE_IRI) and \
-                    check_base_iri(base_iri) != stored:
+            if base_iri is not None and base_iri != DEFAULT_BASE_IRI and check_base_iri(base_iri) != stored:
                 raise UsageError(f"--base_iri {base_iri} differs from the store's {stored}")
             self.base = stored
         elif not create:
@@ -177,10 +175,18 @@ class KGStore:
         return self.store.dump(format=self.px.RdfFormat.TURTLE, from_graph=self.px.DefaultGraph()).decode("utf-8")
 
 
-@functools.lru_cache(maxsize=4)
+_OPEN: dict[str, KGStore] = {}
+
+
 def open_store(directory: str, base_iri: Optional[str] = None, create: bool = True) -> KGStore:
-    """One open :class:`KGStore` per folder and process (the database allows one writer)."""
-    return KGStore(directory, base_iri, create)
+    """One open :class:`KGStore` per folder and process (the database allows one open handle)."""
+    key = os.path.realpath(directory)
+    store = _OPEN.get(key)
+    if store is None or not os.path.isfile(os.path.join(key, META)):
+        store = _OPEN[key] = KGStore(directory, base_iri, create)
+    elif base_iri is not None and base_iri != DEFAULT_BASE_IRI and check_base_iri(base_iri) != store.base:
+        raise UsageError(f"--base_iri {base_iri} differs from the store's {store.base}")
+    return store
 
 
 def check_store(directory: str) -> None:

@@ -9,7 +9,9 @@ corporate suffixes, diacritics, spelling variants) and hard negatives: namesakes
 different things ("Apollo 11" / "Apollo 12", "Deutsche Bank" / "Deutsche Telekom", "Apple" / "Apple
 Records"). A pair is two distinct names (surface form + type) that share a cluster.
 
-    python bench/resolve_bench.py [--threshold 94] [--sweep 85,90,92,94,95,97]
+    python bench/resolve_bench.py [--threshold 94] [--sweep 85,90,92,94,95,97] [--report FILE.html]
+
+``--report`` writes the gold set (its mentions as NER results) as the HTML report of ``instructkgc extract``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,29 @@ def load_gold(path: Path = GOLD):
             mentions.append((doc["id"], m["text"], m["type"]))
             gold[(m["text"], m["type"])] = m["entity"]
     return mentions, gold
+
+
+def write_report(path: str, threshold: float) -> None:
+    from ie2instruction.tasks.items import Result
+    from instructkgc.extract.export import write_results
+    from instructkgc.extract.outputs import resolve_results
+
+    results = []
+    for line in GOLD.read_text(encoding="utf-8").splitlines():
+        doc = json.loads(line)
+        entities, taken = [], []
+        for m in sorted(doc["mentions"], key=lambda m: -len(m["text"])):  # the first free occurrence
+            start = doc["text"].find(m["text"])
+            while start >= 0 and any(s < start + len(m["text"]) and start < e for s, e in taken):
+                start = doc["text"].find(m["text"], start + 1)
+            if start < 0:  # every occurrence overlaps a longer name: the first one
+                start = doc["text"].find(m["text"])
+            taken.append((start, start + len(m["text"])))
+            entities.append({"text": m["text"], "type": m["type"], "start": start, "end": start + len(m["text"])})
+        entities.sort(key=lambda e: e["start"])
+        results.append(Result.from_json({"id": doc["id"], "text": doc["text"], "task": "NER",
+                                         "entities": entities}))
+    write_results(results, path, "html", resolution=resolve_results(results, Resolver(threshold)))
 
 
 def score(predicted: set, gold_pairs: set) -> dict:
@@ -63,6 +88,7 @@ def run(threshold: float, stages=("exact", "rule", "fuzzy")) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="fuzzy threshold (0-100)")
+    parser.add_argument("--report", default=None, help="write the gold set as an HTML report to this file")
     parser.add_argument("--sweep", default="85,90,92,94,95,97", help="fuzzy thresholds to compare ('' for none)")
     args = parser.parse_args(argv)
     rows = run(args.threshold)
@@ -77,6 +103,8 @@ def main(argv=None) -> int:
     for r in rows:
         for a, b in r["wrong"]:
             print(f"wrong after {r['stage']}: {a} + {b}")
+    if args.report:
+        write_report(args.report, args.threshold)
     if args.sweep:
         print("\n| fuzzy threshold | merged pairs | precision | recall | F1 |\n|---:|---:|---:|---:|---:|")
         for t in (float(x) for x in args.sweep.split(",")):

@@ -57,8 +57,8 @@ def run(args) -> int:
         answer = store.query(sparql)
     except SyntaxError as err:
         raise UsageError(f"SPARQL: {str(err).splitlines()[0]}") from None
-    if isinstance(answer, bool):
-        print("true" if answer else "false")
+    if isinstance(answer, bool) or type(answer).__name__ == "QueryBoolean":
+        print("true" if bool(answer) else "false")
     elif hasattr(answer, "variables"):
         names = [v.value for v in answer.variables]
         if not args.json:

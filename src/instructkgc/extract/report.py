@@ -37,7 +37,7 @@ def layout(model: GraphModel, size: float = 1000.0, iterations: int = 120) -> di
     rng = np.random.default_rng(0)
     pos = rng.random((n, 2))
     edges = np.array([(index[e.source], index[e.target]) for e in model.edges.values()], dtype=int).reshape(-1, 2)
-    k = 1.0 / np.sqrt(n)
+    k = 2.0 / np.sqrt(n)
     t = 0.1
     for _ in range(iterations if n <= 3000 else 30):
         delta = pos[:, None, :] - pos[None, :, :]
@@ -50,7 +50,7 @@ def layout(model: GraphModel, size: float = 1000.0, iterations: int = 120) -> di
             pull = d * length / k
             np.add.at(disp, edges[:, 0], -pull)
             np.add.at(disp, edges[:, 1], pull)
-        disp += (0.5 - pos) * 0.05  # gravity keeps components together
+        disp += (0.5 - pos) * 0.02  # gravity keeps components together
         length = np.maximum(np.linalg.norm(disp, axis=1), 1e-9)[:, None]
         pos += disp / length * np.minimum(length, t)
         t *= 0.97

@@ -12,9 +12,9 @@ import pytest
 
 from ie2instruction.tasks.items import Result
 from instructkgc.extract.command import main
-from instructkgc.extract.export import GraphModel, build_graph, to_networkx, to_turtle, write_results
+from instructkgc.extract.export import build_graph, to_networkx, to_turtle, write_results
 from instructkgc.extract.outputs import resolve_results
-from instructkgc.extract.resolve import Resolver, collect_names, normalise, pairwise
+from instructkgc.extract.resolve import Resolver, collect_names, normalise
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -381,3 +381,17 @@ def test_report_in_headless_chromium(tmp_path, tokenizer, task):
     subprocess.run([CHROMIUM, *flags, "--hide-scrollbars", "--window-size=1400,900", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_store_keeps_hostile_text_and_recognises_it_again(tmp_path):
+    from instructkgc.extract.documents import Document
+    from instructkgc.extract.store import open_store
+
+    text = "Obama\x00 met \ud800 Merkel\x1b."
+    r = Result.from_json({"id": "x\x01", "text": text, "task": "NER", "entities": [
+        {"text": "Obama\x00", "type": "person", "start": 0, "end": 6}]})
+    store = open_store(str(tmp_path / "kg"))
+    assert store.add([r], store.resolve([r], Resolver())) > 0
+    assert store.results()[0].text == text
+    fresh, skipped = store.new_documents([Document("x\x01", text), Document("y", "new")])
+    assert [d.id for d in fresh] == ["y"] and skipped == 1

@@ -137,7 +137,9 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
         from tqdm import tqdm
 
         extractor.bar = tqdm(desc=f"extract {task.name}", unit=" prompt", mininterval=0.5)
-    judge = outputs.model_judge(engine, template, tokenizer, args.system_prompt) if args.resolve_judge and engine else None
+    judge = None
+    if args.resolve_judge and engine is not None:
+        judge = outputs.model_judge(engine, template, tokenizer, args.system_prompt)
     try:
         written = outputs.write(args, extractor.run(docs), judge)
     finally:

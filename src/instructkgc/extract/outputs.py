@@ -8,6 +8,7 @@ Its flags are added by :func:`add_arguments`, checked before the model loads by 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from typing import Iterable, Optional
@@ -16,7 +17,8 @@ from ie2instruction.io import atomic_writer, dumps
 from ie2instruction.tasks.items import Result
 
 from ..utils import UsageError
-from .export import GRAPH_FORMATS, build_graph, check_base_iri, entity_mentions, write_graph, write_jsonl, write_text
+from .export import (GRAPH_EXTRA, GRAPH_FORMATS, build_graph, check_base_iri, entity_mentions, write_graph,
+                     write_jsonl, write_text)
 from .resolve import DEFAULT_JUDGE_FLOOR, DEFAULT_THRESHOLD, Judge, Resolution, Resolver, collect_names
 
 
@@ -48,6 +50,8 @@ def check(args) -> None:
         from .store import check_store
 
         check_store(args.store)
+    if resolving(args) and importlib.util.find_spec("rapidfuzz") is None:
+        raise UsageError(f"entity resolution needs rapidfuzz: {GRAPH_EXTRA} (or --no_resolve)")
 
 
 def skip_stored(args, docs: list) -> tuple[list, dict]:

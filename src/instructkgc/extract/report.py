@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from typing import Optional
 
-from ie2instruction.tasks.items import Result, Span
+from ie2instruction.tasks.items import Result
 
 from .export import GraphModel
 
@@ -147,24 +147,31 @@ def render_report(results: list[Result], model: GraphModel, resolution=None, tit
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>
-body{{font:14px/1.5 system-ui,sans-serif;margin:0;color:#222}} header{{padding:8px 16px;background:#f5f5f5;border-bottom:1px solid #ddd}}
+body{{font:14px/1.5 system-ui,sans-serif;margin:0;color:#222}}
+header{{padding:8px 16px;background:#f5f5f5;border-bottom:1px solid #ddd}}
 main{{display:grid;grid-template-columns:minmax(300px,1fr) minmax(400px,1.2fr);gap:12px;padding:12px}}
 mark{{padding:0 1px;border-radius:2px;color:inherit}} .doc{{border-bottom:1px solid #eee}} .lost{{color:#a00}}
-#graph{{width:100%;height:640px;border:1px solid #ddd;background:#fff}} .sw{{display:inline-block;width:10px;height:10px;margin:0 3px}}
-#panel{{min-height:60px;border:1px solid #ddd;padding:6px;margin-top:6px}} table{{border-collapse:collapse;font-size:12px}}
+#graph{{width:100%;height:640px;border:1px solid #ddd;background:#fff}}
+.sw{{display:inline-block;width:10px;height:10px;margin:0 3px}}
+#panel{{min-height:60px;border:1px solid #ddd;padding:6px;margin-top:6px}}
+table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ddd;padding:2px 4px;vertical-align:top}} .dim{{opacity:.12}} .hidden{{display:none}}
 text{{font-size:10px;pointer-events:none}} .node circle{{stroke:#333;stroke-width:.5px;cursor:pointer}}
 </style></head><body>
 <header><h2 style="margin:4px 0">{title}</h2><div id="summary">{summary}</div></header>
 <main><div><h2>Documents</h2>{docs}</div>
-<div><h2>Graph</h2><input id="search" placeholder="search names and aliases" size="30"> <span id="legend">{legend}</span>
+<div><h2>Graph</h2><input id="search" placeholder="search names and aliases" size="30">
+<span id="legend">{legend}</span>
 <svg id="graph" viewBox="0 0 1000 1000" xmlns="http://www.w3.org/2000/svg"></svg>
 <div id="panel">Click a node to see its mentions and aliases.</div>
 <div id="status" data-highlights="{spans}"></div></div></main>
 <section style="padding:12px"><h2>Items</h2><table id="items">{rows}</table>
-<h2>Merge log</h2><table id="merges"><tr><th>name</th><th>merged into</th><th>type</th><th>stage</th><th>rule</th><th>evidence</th></tr>{merges}</table></section>
+<h2>Merge log</h2><table id="merges">
+<tr><th>name</th><th>merged into</th><th>type</th><th>stage</th><th>rule</th><th>evidence</th></tr>
+{merges}</table></section>
 <script type="application/json" id="data">{data}</script>
 <script>{script}</script></body></html>
 """
@@ -182,7 +189,8 @@ data.edges.forEach(e => { const a = byId[e.s], b = byId[e.t];
   const line = el('line', {x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: e.kind === 'mentions' ? '#ddd' : '#777',
     'stroke-width': e.kind === 'mentions' ? .5 : 1.2, 'data-s': e.s, 'data-t': e.t});
   const t = el('title', {}); t.textContent = e.type; line.appendChild(t); edgeLayer.appendChild(line); });
-data.nodes.forEach(n => { const g = el('g', {'class': 'node', 'data-id': n.id, 'data-type': n.type, 'data-kind': n.kind});
+data.nodes.forEach(n => {
+  const g = el('g', {'class': 'node', 'data-id': n.id, 'data-type': n.type, 'data-kind': n.kind});
   g.appendChild(el('circle', {cx: n.x, cy: n.y, r: Math.min(4 + Math.sqrt(n.degree) * 2, 16), fill: n.colour}));
   const label = el('text', {x: n.x + 6, y: n.y + 3}); label.textContent = n.name; g.appendChild(label);
   g.addEventListener('click', () => show(n)); nodeLayer.appendChild(g); n.el = g; });
@@ -191,7 +199,8 @@ function show(n) {
   const mentions = n.mentions.map(m => '<li>document ' + esc(m[0]) + ': "' + esc(m[1]) + '"' +
     (m[2] === null ? ' (not in the text)' : ' [' + m[2] + ', ' + m[3] + '), ' + m[4]) + '</li>').join('');
   document.getElementById('panel').innerHTML = '<b>' + esc(n.name) + '</b> (' + esc(n.kind) +
-    (n.type ? ', ' + esc(n.type) : '') + ')' + (n.aliases.length ? '<br>aliases: ' + n.aliases.map(esc).join(', ') : '') +
+    (n.type ? ', ' + esc(n.type) : '') + ')' +
+    (n.aliases.length ? '<br>aliases: ' + n.aliases.map(esc).join(', ') : '') +
     (mentions ? '<ul>' + mentions + '</ul>' : '');
   document.querySelectorAll('mark').forEach(m => m.style.outline = '');
 }

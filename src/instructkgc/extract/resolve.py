@@ -6,11 +6,11 @@ arguments have type ``""``). Names are merged into clusters in stages, each stag
 1. ``exact``: equal after normalisation (Unicode NFKC, case-fold, diacritics removed, punctuation and
    whitespace collapsed): "Barack  Obama", "barack obama", "Barack Obama." .
 2. ``rule``: equal once honorifics and titles ("President", "Dr.") or corporate suffixes ("Inc.", "Ltd")
-   are removed (rules ``honorific`` / ``corporate-suffix``); an acronym of exactly one longer name ("IBM" =
-   "International Business Machines", rule ``acronym``); a name whose words end exactly one longer name ("Obama" = "Barack Obama" while no other "… Obama" exists, rule
-   ``token-subset``; only the last words, as surnames are used, so "Apple" does not become "Apple
-   Records"). Names with different titles ("Mrs. Obama", "President Obama") are not merged by the honorific
-   rule.
+   are removed (rules ``honorific`` / ``corporate-suffix``; names with different titles, "Mrs. Obama" and
+   "President Obama", are not merged); the acronym of exactly one longer name ("IBM" = "International
+   Business Machines", rule ``acronym``); a name whose words end exactly one longer name ("Obama" = "Barack
+   Obama" while no other "… Obama" exists, rule ``token-subset``; only the last words, as surnames are used,
+   so "Apple" does not become "Apple Records").
 3. ``fuzzy``: rapidfuzz ``token_sort_ratio`` of the normalised names at least ``threshold`` (0-100),
    never between names that differ in a number ("Apollo 11" / "Apollo 12"). The rules then run once more,
    as a fuzzy merge can leave a rule one candidate where it saw two ("WHO" once "World Health

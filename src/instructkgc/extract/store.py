@@ -20,7 +20,7 @@ from ie2instruction.tasks.items import Result
 
 from ..utils import UsageError
 from .documents import Document
-from .export import DEFAULT_BASE_IRI, GraphModel, _q, build_graph, check_base_iri, entity_mentions, to_rdf
+from .export import DEFAULT_BASE_IRI, GraphModel, _q, clean, build_graph, check_base_iri, entity_mentions, to_rdf
 from .resolve import Resolution, Resolver, collect_names
 
 STORE_EXTRA = "pip install 'instructkgc[store]'"
@@ -31,11 +31,13 @@ RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
 
 def _pyoxigraph():
+    import importlib
+
     try:
-        import pyoxigraph
-    except ImportError:
-        raise UsageError(f"--store needs pyoxigraph: {STORE_EXTRA}") from None
-    return pyoxigraph
+        importlib.import_module("rdflib")
+        return importlib.import_module("pyoxigraph")
+    except ImportError as err:
+        raise UsageError(f"--store needs {err.name}: {STORE_EXTRA}") from None
 
 
 def text_hash(text: str) -> str:
@@ -109,7 +111,7 @@ class KGStore:
         stored = self.stored_documents()
         fresh, skipped = [], 0
         for d in docs:
-            h = stored.get(str(d.id))
+            h = stored.get(clean(str(d.id)))
             if h is None:
                 fresh.append(d)
             elif h == text_hash(d.text):
@@ -139,10 +141,10 @@ class KGStore:
 
         for r in results:
             doc = rdflib.URIRef(self.base + "document/" + _q(str(r.id)))
-            graph.add((doc, rdflib.URIRef(self.base + "docId"), rdflib.Literal(str(r.id))))
+            graph.add((doc, rdflib.URIRef(self.base + "docId"), rdflib.Literal(clean(str(r.id)))))
             graph.add((doc, rdflib.URIRef(self.base + "textSha256"), rdflib.Literal(text_hash(r.text))))
             graph.add((doc, rdflib.URIRef(self.base + "result"),
-                       rdflib.Literal(json.dumps(r.to_json(), ensure_ascii=False))))
+                       rdflib.Literal(json.dumps(r.to_json()))))  # ASCII: lone surrogates survive
         data = graph.serialize(format="nt")
         before = len(self.store)
         self.store.load(input=data.encode("utf-8"), format=self.px.RdfFormat.N_TRIPLES)  # one transaction

@@ -395,3 +395,19 @@ def test_store_keeps_hostile_text_and_recognises_it_again(tmp_path):
     assert store.results()[0].text == text
     fresh, skipped = store.new_documents([Document("x\x01", text), Document("y", "new")])
     assert [d.id for d in fresh] == ["y"] and skipped == 1
+
+
+def test_model_judge_asks_the_loaded_model(tokenizer):
+    from instructkgc.extract.outputs import model_judge
+    from instructkgc.template import get_template_and_fix_tokenizer
+
+    class Engine:
+        def generate(self, prompts, json_schemas=None):
+            self.prompts = [tokenizer.decode(p) for p in prompts]
+            return ["Yes, they are.", "no"]
+
+    engine = Engine()
+    judge = model_judge(engine, get_template_and_fix_tokenizer("alpaca", tokenizer), tokenizer)
+    assert judge([(("Volkswagen", "org"), ("Volkswagon", "org")), (("Anna", ""), ("Anne", ""))]) == [True, False]
+    assert 'Do "Volkswagen" and "Volkswagon" name the same org?' in engine.prompts[0]
+    assert "the same entity?" in engine.prompts[1]

@@ -46,7 +46,7 @@ class Grounder:
         status = "ungrounded"
         if span and span.strip():
             out, status = self._find(self.text, span), "exact"
-            if not out and span.casefold() != span and len(span.casefold()) == len(span):
+            if not out and len(span.casefold()) == len(span):  # (a fold that changes lengths: fuzzy below)
                 if self._folded is None:
                     folded = self.text.casefold()
                     self._folded = folded if len(folded) == len(self.text) else ""

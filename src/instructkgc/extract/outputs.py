@@ -92,7 +92,7 @@ def write(args, results: Iterable[Result], judge: Optional[Judge] = None) -> dic
     """Write ``--output`` in ``--format``, and ``--merge_log``, ``--report``, ``--store``; returns counts for
     the summary."""
     resolver = Resolver(args.fuzzy_threshold, judge if args.resolve_judge else None, DEFAULT_JUDGE_FLOOR)
-    if not resolving(args) and args.format == "jsonl" and not args.report:
+    if args.format == "jsonl" and not (args.report or args.store or args.merge_log):  # stream the lines
         write_jsonl(results, args.output)
         return {}
     results = list(results)
@@ -135,7 +135,7 @@ def _report(results, model, resolution) -> str:
     return render_report(results, model, resolution)
 
 
-def summary_line(task: str, info: dict) -> Optional[str]:
+def print_summary(task: str, info: dict) -> None:
     parts = []
     if "merges" in info:
         parts.append(f"{info['merges']} entity merges")
@@ -143,10 +143,5 @@ def summary_line(task: str, info: dict) -> Optional[str]:
         parts.append(f"{info['triples_added']} triples added to the store")
     if "skipped" in info:
         parts.append(f"{info['skipped']} documents already stored, skipped")
-    return f"extract {task}: " + ", ".join(parts) if parts else None
-
-
-def print_summary(task: str, info: dict) -> None:
-    line = summary_line(task, info)
-    if line:
-        print(line, file=sys.stderr)
+    if parts:
+        print(f"extract {task}: " + ", ".join(parts), file=sys.stderr)

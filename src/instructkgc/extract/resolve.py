@@ -163,7 +163,7 @@ class Resolution:
         return self
 
     def clusters(self) -> list[list[Name]]:
-        return [m for m in self.members().values()]
+        return list(self.members().values())
 
 
 def collect_names(mentions: Iterable[tuple[str, str, str]]) -> dict[Name, dict]:
@@ -263,11 +263,15 @@ class Resolver:
 
     def _subsets(self, res: Resolution) -> None:
         tokens = {n: tuple(core_tokens(n[0])) for n in res.info}
+        ends: dict[tuple, list[Name]] = {}  # the last k words of a name (k < its length) -> the names
+        for m in sorted(res.info):
+            for k in range(1, len(tokens[m])):
+                ends.setdefault(tokens[m][-k:], []).append(m)
         for n in sorted(res.info, key=lambda n: (len(tokens[n]), n)):
             mine = tokens[n]
             if not mine or all(t.isdigit() for t in mine):
                 continue
-            pool = [m for m in res.info if len(tokens[m]) > len(mine) and tokens[m][-len(mine):] == mine]
+            pool = ends.get(mine, [])
             targets = self._candidates(res, n, pool)
             if len(targets) == 1:
                 target = max((m for m in pool if res.find(m) in targets), key=lambda m: (len(tokens[m]), m))
@@ -276,27 +280,25 @@ class Resolver:
 
     def _pairs(self, res: Resolution, floor: float):
         """Pairs of names in different clusters of one type whose similarity is at least ``floor``, best first
-        (numbers must agree)."""
-        from rapidfuzz import fuzz, process
-
-        names = sorted(res.info)
-        norm = [normalise(n[0]) for n in names]
+        (numbers must agree; an untyped name joins a typed one only by a rule)."""
+        by_type: dict[str, list[Name]] = {}
+        for n in sorted(res.info):
+            by_type.setdefault(res.types[res.find(n)], []).append(n)
         out = []
-        for i, j, score in _matches(process, fuzz, norm, floor):
-            a, b = names[i], names[j]
-            if res.types[res.find(a)] != res.types[res.find(b)]:  # untyped joins typed only by a rule
-                continue
-            if _DIGITS.findall(norm[i]) != _DIGITS.findall(norm[j]) or min(len(norm[i]), len(norm[j])) < 4:
-                continue
-            out.append((score, a, b))
+        for names in by_type.values():
+            norm = [normalise(n[0]) for n in names]
+            for i, j, score in _matches(norm, floor):
+                if _DIGITS.findall(norm[i]) != _DIGITS.findall(norm[j]) or min(len(norm[i]), len(norm[j])) < 4:
+                    continue
+                out.append((score, names[i], names[j]))
         out.sort(key=lambda x: (-x[0], x[1], x[2]))
         return out
 
     def _fuzzy(self, res: Resolution) -> None:
         for score, a, b in self._pairs(res, self.threshold):
             if res.find(a) != res.find(b):
-                res.union(a, b, "fuzzy", "similarity", f"rapidfuzz token_sort_ratio {score:.1f} >= {self.threshold:g}",
-                          round(score, 1))
+                why = f"rapidfuzz token_sort_ratio {score:.1f} >= {self.threshold:g}"
+                res.union(a, b, "fuzzy", "similarity", why, round(score, 1))
 
     def _judge(self, res: Resolution) -> None:
         pairs = [(s, a, b) for s, a, b in self._pairs(res, self.judge_floor)
@@ -310,15 +312,18 @@ class Resolver:
                           round(score, 1))
 
 
-def _matches(process, fuzz, norm: list[str], floor: float):
-    """(i, j, score) for i < j with ``fuzz.token_sort_ratio`` >= floor."""
-    if len(norm) < 2:
-        return
-    matrix = process.cdist(norm, norm, scorer=fuzz.token_sort_ratio, score_cutoff=floor, workers=1)
-    for i in range(len(norm)):
-        for j in range(i + 1, len(norm)):
-            if matrix[i][j] >= floor and matrix[i][j] > 0:
-                yield i, j, float(matrix[i][j])
+def _matches(norm: list[str], floor: float, rows: int = 512):
+    """(i, j, score) for i < j with ``fuzz.token_sort_ratio`` >= floor (``rows`` names at a time, so memory
+    stays ``rows * len(norm)``)."""
+    import numpy as np
+    from rapidfuzz import fuzz, process
+
+    for lo in range(0, len(norm), rows):
+        block = process.cdist(norm[lo:lo + rows], norm, scorer=fuzz.token_sort_ratio, score_cutoff=floor,
+                              dtype=np.uint8, workers=1)
+        for i, j in zip(*np.nonzero(block)):
+            if lo + i < j:
+                yield int(lo + i), int(j), float(fuzz.token_sort_ratio(norm[lo + i], norm[j]))
 
 
 def pairwise(clusters: Iterable[Iterable[Name]]) -> set[frozenset]:

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_resolve", action="store_true",
                    help="keep one graph node per (surface form, type): no entity resolution")
     g.add_argument("--fuzzy_threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help="entity resolution: rapidfuzz similarity (0-100) at which two names merge")
+                   help="entity resolution: rapidfuzz similarity (0-100) at which two names merge (default 94)")
     g.add_argument("--resolve_judge", action="store_true",
                    help="entity resolution: ask the model about pairs just below --fuzzy_threshold")
     g.add_argument("--merge_log", default=None, help="write every entity merge as JSONL to this file")

@@ -14,7 +14,8 @@ extras = {
     "qlora": ["bitsandbytes>=0.45"],
     "deepspeed": ["deepspeed>=0.16"],
     "constrained": ["xgrammar>=0.1.20"],
-    "graph": ["rdflib>=7", "networkx>=3"],
+    "graph": ["rdflib>=7", "networkx>=3", "rapidfuzz>=3"],
+    "store": ["pyoxigraph>=0.4", "rdflib>=7", "rapidfuzz>=3"],
     "plot": ["matplotlib>=3.7"],
     "rouge": ["jieba", "rouge-chinese"],
     "vllm": ["vllm>=0.8"],
@@ -22,7 +23,7 @@ extras = {
 }
 extras["test"] = sorted(
     {"pytest>=8", "pytest-xdist", "hypothesis>=6"}
-    | set(extras["qlora"]) | set(extras["constrained"]) | set(extras["graph"])
+    | set(extras["qlora"]) | set(extras["constrained"]) | set(extras["graph"]) | set(extras["store"])
     | set(extras["plot"]) | set(extras["demo"])
 )
 

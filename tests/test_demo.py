@@ -32,7 +32,7 @@ def test_quick_demo_end_to_end(tmp_path):
             assert all(isinstance(json.loads(line)["output"], str) for line in preds)
     assert (out / "lora" / "adapter_config.json").is_file()
     assert summary["training"]["steps"] > 0
-    for fmt in ("turtle", "graphml"):
+    for fmt in ("turtle", "graphml", "report"):
         graph = REPO / summary["extraction"][fmt]  # absolute when outside the repository
         assert graph.is_file() and graph.stat().st_size > 0
     table = (out / "summary.md").read_text(encoding="utf-8")

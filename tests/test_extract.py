@@ -6,6 +6,8 @@ import re
 import pytest
 
 from instructkgc.extract.command import build_parser, main, run
+from ie2instruction.tasks import get_task
+from ie2instruction.tasks.items import Result, Span
 from instructkgc.extract.export import GraphModel, to_networkx, to_turtle, write_results
 from instructkgc.extract.ground import GroundStats, ground
 from instructkgc.extract.merge import merge_items
@@ -123,51 +125,68 @@ def test_exact_fit_check_shrinks_windows():
     assert [text[s:e] for s, e in windows] == ["aa bb. cc dd.", "ee ff. gg hh."]
 
 
-def test_grounding_offsets_fuzzy_and_ungrounded():
-    text = "Intro. Barack  Obama met Michelle Obama in Chicago. Chicago is big."
+def _ground(task, tuples, text, window, keep=False, stats=None):
+    items = ground(get_task(task), tuples, text, window, keep, stats or GroundStats())
+    return [i.to_json() for i in items]
+
+
+def test_grounding_offsets_status_and_ungrounded():
+    text = "Intro. Barack  Obama met Michelle Obama in Chicago. Chicago is big. IBM and ibm."
     stats = GroundStats()
-    items = ground("NER", [("Chicago", "location"), ("barack obama", "person"), ("Paris", "location")],
-                   text, (7, len(text)), keep=False, stats=stats)
-    assert items == [{"text": "Chicago", "type": "location", "start": 43, "end": 50},
-                     {"text": "Barack  Obama", "type": "person", "start": 7, "end": 20}]
+    items = _ground("NER", [("Chicago", "location"), ("barack obama", "person"), ("Paris", "location"),
+                            ("ibm", "org"), ("Ibm", "org")], text, (7, len(text)), stats=stats)
+    assert items == [{"text": "Chicago", "type": "location", "start": 43, "end": 50, "grounding": "exact"},
+                     {"text": "Barack  Obama", "type": "person", "start": 7, "end": 20, "grounding": "fuzzy"},
+                     {"text": "ibm", "type": "org", "start": 76, "end": 79, "grounding": "exact"},
+                     {"text": "IBM", "type": "org", "start": 68, "end": 71, "grounding": "case-folded"}]
     assert stats.ungrounded == 1
-    kept = ground("NER", [("Paris", "location")], text, (0, len(text)), keep=True, stats=GroundStats())
-    assert kept == [{"text": "Paris", "type": "location", "start": None, "end": None}]
+    kept = _ground("NER", [("Paris", "location")], text, (0, len(text)), keep=True)
+    assert kept == [{"text": "Paris", "type": "location", "start": None, "end": None, "grounding": "ungrounded"}]
     # outside the window is not grounded: the model did not see it
-    assert ground("NER", [("Intro", "x")], text, (7, len(text)), False, GroundStats()) == []
-    rel = ground("RE", [("Chicago", "near", "big")], text, (0, len(text)), False, GroundStats())[0]
+    assert _ground("NER", [("Intro", "x")], text, (7, len(text))) == []
+    rel = _ground("RE", [("Chicago", "near", "big")], text, (0, len(text)))[0]
     assert (rel["head_start"], rel["tail_start"]) == (43, 63)
 
 
 def test_grounding_events_and_kg():
     text = "The army attacked the town at dawn."
     stats = GroundStats()
-    ev = ground("EE", [("attack", "attacked", (("army", "attacker"), ("city", "target"))),
-                       ("attack", "NAN", ())], text, (0, len(text)), False, stats)
-    assert ev == [{"type": "attack", "trigger": "attacked", "start": 9, "end": 17,
-                   "arguments": [{"text": "army", "role": "attacker", "start": 4, "end": 8}]}]
+    ev = _ground("EE", [("attack", "attacked", (("army", "attacker"), ("city", "target"))),
+                        ("attack", "NAN", ())], text, (0, len(text)), stats=stats)
+    assert ev == [{"type": "attack", "trigger": "attacked", "start": 9, "end": 17, "grounding": "exact",
+                   "arguments": [{"text": "army", "role": "attacker", "start": 4, "end": 8, "grounding": "exact"}]}]
     assert stats.ungrounded == 1
-    rec = ground("KG", [("unit", "army", "time", "dawn"), ("unit", "army", "size", "large")], text,
-                 (0, len(text)), False, GroundStats())
+    rec = _ground("KG", [("unit", "army", "time", "dawn"), ("unit", "army", "size", "large")], text,
+                  (0, len(text)))
     assert rec == [{"entity": "army", "type": "unit", "start": 4, "end": 8, "attribute": "time", "value": "dawn",
-                    "value_start": 30, "value_end": 34}]
+                    "value_start": 30, "value_end": 34, "grounding": "exact", "value_grounding": "exact"}]
+
+
+def test_items_round_trip_through_json():
+    from ie2instruction.tasks.items import item_from_json
+
+    text = "The army attacked the town at dawn. Obama met Merkel."
+    for task, tuples in [("NER", [("army", "unit")]), ("RE", [("Obama", "met", "Merkel")]),
+                         ("SPO", [("person", "Obama", "met", "person", "Merkel")]),
+                         ("EE", [("attack", "attacked", (("army", "attacker"),))]), ("EET", [("attacked", "attack")]),
+                         ("KG", [("unit", "army", "time", "dawn")])]:
+        items = ground(get_task(task), tuples, text, (0, len(text)), False, GroundStats())
+        assert items and [item_from_json(i.to_json()) for i in items] == items, task
 
 
 def test_merge_deduplicates_windows_and_chunks():
-    items = [{"text": "B", "type": "t", "start": 9, "end": 10}, {"text": "A", "type": "t", "start": 5, "end": 6},
-             {"text": "B", "type": "t", "start": 2, "end": 3}, {"text": "B", "type": "u", "start": 9, "end": 10}]
-    assert merge_items(items) == [{"text": "B", "type": "t", "start": 2, "end": 3},
-                                  {"text": "A", "type": "t", "start": 5, "end": 6},
-                                  {"text": "B", "type": "u", "start": 9, "end": 10}]
-    events = [{"type": "e", "trigger": "hit", "start": 3, "end": 6, "arguments": [{"text": "x", "role": "r",
-                                                                                  "start": 0, "end": 1}]},
-              {"type": "e", "trigger": "hit", "start": 3, "end": 6, "arguments": [{"text": "y", "role": "s",
-                                                                                  "start": 8, "end": 9}]}]
+    from ie2instruction.tasks.items import Entity, Event
+
+    ent = lambda t, ty, s: Entity(Span(t, ty, s, s + 1, "exact"))  # noqa: E731
+    items = [ent("B", "t", 9), ent("A", "t", 5), ent("B", "t", 2), ent("B", "u", 9)]
+    assert merge_items(items) == [ent("B", "t", 2), ent("A", "t", 5), ent("B", "u", 9)]
+    events = [Event("e", Span("hit", "e", 3, 6, "exact"), [Span("x", "r", 0, 1, "exact")]),
+              Event("e", Span("hit", "e", 3, 6, "exact"), [Span("y", "s", 8, 9, "exact")])]
     merged = merge_items(events)
-    assert len(merged) == 1 and [a["text"] for a in merged[0]["arguments"]] == ["x", "y"]
+    assert len(merged) == 1 and [a.text for a in merged[0].arguments] == ["x", "y"]
 
 
-RESULTS = [
+RESULTS = [Result.from_json(r) for r in [
     {"id": "d1", "text": "...", "task": "RE", "relations": [
         {"head": "Obama", "relation": "born in", "tail": "Hawaii"}]},
     {"id": "d2", "text": "...", "task": "NER", "entities": [{"text": "Obama", "type": "person"},
@@ -178,7 +197,7 @@ RESULTS = [
     {"id": "d5", "text": "...", "task": "KG", "records": [
         {"entity": "Obama", "type": "person", "attribute": "birthplace", "value": "Hawaii"},
         {"entity": "Obama", "type": "person", "attribute": "spouse", "value": "Michelle Obama"}]},
-]
+]]
 
 
 def test_turtle_parses_back_with_rdflib():
@@ -295,7 +314,7 @@ def test_jsonl_input_keeps_fields_and_ids(tmp_path, tokenizer):
         template=template)
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(x["id"], x.get("source")) for x in lines] == [("a", "s1"), ("2", None)]
-    assert lines[1]["entities"] == [{"text": "Agent002", "type": "person", "start": 0, "end": 8}]
+    assert lines[1]["entities"] == [{"text": "Agent002", "type": "person", "start": 0, "end": 8, "grounding": "exact"}]
 
 
 def test_missing_graph_library_names_the_extra(tmp_path, capsys, monkeypatch):

@@ -5,11 +5,13 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 from ..io import TOO_DEEP, InputError, LabelError, text_problem
+from .items import Span
 
 NAN = "NAN"
+Locate = Callable[[str, str, Optional[int]], Span]
 
 
 @dataclass
@@ -246,6 +248,19 @@ class Task:
         raise NotImplementedError
 
     def answer_schema(self, schema_chunk: list) -> dict:
+        raise NotImplementedError
+
+    # ---- extraction (``instructkgc extract``) ---------------------------------------------------------
+    result_field: str = ""  # the result line's list of items
+    extract_split_num: int = 4  # extract's default --split_num
+
+    def extract_tuples(self, answer: Any, schema_chunk: list) -> list[tuple] | None:
+        """The tuples of one answer that ``make_items`` turns into items (None: the wrong shape)."""
+        return self.parse(answer, schema=schema_chunk)
+
+    def make_items(self, tuples: list[tuple], locate: Locate) -> list:
+        """Typed items (``items.py``) of ``tuples``; ``locate(text, label, near)`` grounds one span (the
+        occurrence nearest ``near`` when given)."""
         raise NotImplementedError
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .base import NAN, STRING, Schema, Task, _unique, array_of, object_schema
 from ..io import LabelError
+from .items import Event
 
 
 def event_problem(item, need_trigger: bool = False) -> str | None:
@@ -73,6 +74,7 @@ def render_events(labels: list, schema_chunk: list, text: str) -> dict:
 
 class EE(Task):
     name = "EE"
+    result_field = "events"
     label_field = "event"
     metric = "event"
     sentences = {
@@ -161,3 +163,11 @@ class EE(Task):
             event["arguments"] = object_schema({r: value for r in item["arguments"]})
             props[item["event_type"]] = array_of(object_schema(event))
         return object_schema(props)
+
+    def make_items(self, tuples, locate):
+        out = []
+        for etype, trigger, args in tuples:
+            trig = None if trigger in ("", NAN) else locate(trigger, etype, None)
+            near = trig.start if trig is not None else None
+            out.append(Event(etype, trig, [locate(value, role, near) for value, role in args]))
+        return out

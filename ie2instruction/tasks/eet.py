@@ -1,11 +1,13 @@
 """EET: event types and their trigger words. Answer: ``{event_type: [trigger, ...]}``."""
 from __future__ import annotations
 
-from .base import STRING, LabelTask, array_of, group, object_schema, str_list
+from .base import NAN, STRING, LabelTask, array_of, group, object_schema, str_list
+from .items import Event
 
 
 class EET(LabelTask):
     name = "EET"
+    result_field = "events"
     label_field = "event"
     label_keys = ("event_trigger", "event_type")
     sentences = {
@@ -34,3 +36,7 @@ class EET(LabelTask):
 
     def answer_schema(self, schema_chunk):
         return object_schema({t: array_of(STRING) for t in schema_chunk})
+
+    def make_items(self, tuples, locate):
+        return [Event(etype, None if trigger in ("", NAN) else locate(trigger, etype, None))
+                for trigger, etype in tuples]

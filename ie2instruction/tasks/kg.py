@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .base import STRING, Schema, Task, _unique, array_of, object_schema
 from ..io import LabelError
+from .items import Record
 
 DROPPED_VALUES = ("无",)
 
@@ -39,6 +40,8 @@ def entities_by_type(labels: list, schema: Schema) -> dict[str, list[str]]:
 
 class KG(Task):
     name = "KG"
+    result_field = "records"
+    extract_split_num = 1
     label_field = "relation"
     label_keys = ("head", "relation", "tail")
     sentences = {
@@ -127,3 +130,19 @@ class KG(Task):
             props[item["entity_type"]] = {"type": "object", "additionalProperties": record,
                                           "maxProperties": 20}
         return object_schema(props)
+
+    def extract_tuples(self, answer, schema_chunk):
+        """``(type, entity, attribute, value)``: ``parse`` per entity type, the type kept in front."""
+        if not isinstance(answer, dict):
+            return None
+        out = []
+        for etype, records in answer.items():
+            out.extend((etype,) + t for t in self.parse({etype: records}, schema=schema_chunk) or ())
+        return out
+
+    def make_items(self, tuples, locate):
+        out = []
+        for etype, entity, attr, value in tuples:
+            e = locate(entity, etype, None)
+            out.append(Record(e, attr, locate(value, "", e.start)))
+        return out

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from .base import STRING, LabelTask, array_of, dedup_by, group, object_schema, str_list
+from .items import Entity
 
 
 class NER(LabelTask):
     name = "NER"
+    result_field = "entities"
+    extract_split_num = 6
     label_field = "entity"
     label_keys = ("entity", "entity_type")
     sentences = {
@@ -36,3 +39,6 @@ class NER(LabelTask):
 
     def answer_schema(self, schema_chunk):
         return object_schema({t: array_of(STRING) for t in schema_chunk})
+
+    def make_items(self, tuples, locate):
+        return [Entity(locate(entity, etype, None)) for entity, etype in tuples]

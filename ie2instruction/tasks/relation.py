@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from .base import STRING, LabelTask, array_of, dedup_by, group, object_schema
+from .items import Relation
 
 
 class RE(LabelTask):
     name = "RE"
+    result_field = "relations"
     label_field = "relation"
     label_keys = ("head", "relation", "tail")
     sentences = {
@@ -47,3 +49,10 @@ class RE(LabelTask):
     def answer_schema(self, schema_chunk):
         pair = object_schema({"head": STRING, "tail": STRING})
         return object_schema({r: array_of(pair) for r in schema_chunk})
+
+    def make_items(self, tuples, locate):
+        out = []
+        for head, rel, tail in tuples:
+            h = locate(head, "", None)
+            out.append(Relation(h, rel, locate(tail, "", h.start)))
+        return out

@@ -7,6 +7,7 @@ would overwrite each other's answers), so each answer key maps back to exactly o
 from __future__ import annotations
 
 from .base import STRING, LabelTask, Schema, array_of, dedup_by, group, object_schema
+from .items import Relation
 from .relation import RE
 
 
@@ -28,6 +29,7 @@ def _item(triple: tuple[str, str, str]) -> dict:
 
 class SPO(LabelTask):
     name = "SPO"
+    result_field = "relations"
     label_field = "relation"
     label_keys = ("head", "head_type", "relation", "tail", "tail_type")
     parse_uses_schema = True  # answer keys are bare predicates; the chunk's schema gives their types
@@ -109,3 +111,10 @@ class SPO(LabelTask):
     def answer_schema(self, schema_chunk):
         pair = object_schema({"subject": STRING, "object": STRING})
         return object_schema({item["predicate"]: array_of(pair) for item in schema_chunk})
+
+    def make_items(self, tuples, locate):
+        out = []
+        for s_type, subj, pred, o_type, obj in tuples:
+            h = locate(subj, s_type, None)
+            out.append(Relation(h, pred, locate(obj, o_type, h.start), typed=True))
+        return out

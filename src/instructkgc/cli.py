@@ -1,7 +1,7 @@
 """InstructKGC command line: instructkgc <command> [options].
 
-Commands: ``extract`` (text + schema in, knowledge graph out). ``instructkgc <command> --help`` lists the
-options of each.
+Commands: ``extract`` (text + schema in, knowledge graph out), ``query`` (SPARQL over an extract store).
+``instructkgc <command> --help`` lists the options of each.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import sys
 
 COMMANDS = {
     "extract": ("instructkgc.extract.command", "text + schema in, knowledge graph out (JSONL, Turtle, GraphML, "
-                                               "Neo4j CSV)"),
+                                               "Neo4j CSV, HTML report)"),
+    "query": ("instructkgc.extract.query", "SPARQL over a store made by extract --store, or export it"),
 }
 
 

@@ -334,27 +334,36 @@ def demo(args) -> dict:
 
 def extract_graph(run: Runner, document: Path, schema: Path, common: list, lora: Path, profile: Profile,
                   folder: Path) -> dict:
-    """``instructkgc extract`` (one model pass, JSONL), then the same results exported as Turtle and GraphML."""
+    """``instructkgc extract`` (one model pass, JSONL, and the HTML report), then the same results exported as
+    Turtle and GraphML (entities resolved)."""
+    from ie2instruction.tasks.items import Result
+
     from .extract.export import write_results
+    from .extract.outputs import resolve_results
 
     results = folder / "document.jsonl"
     cli = Path(sys.executable).with_name("instructkgc")
     head = [str(cli)] if cli.is_file() else [sys.executable, "-m", "instructkgc.cli"]
     run(f"extract a knowledge graph from {_rel(document)} (longer than the context window)",
         [*head, "extract", "--task", EXTRACT_TASK, "--schema", _rel(schema), "--input", _rel(document),
-         "--output", _rel(results), "--format", "jsonl", *common, "--checkpoint_dir", _rel(lora),
+         "--output", _rel(results), "--format", "jsonl", "--report", _rel(folder / "report.html"), *common,
+         "--checkpoint_dir", _rel(lora),
          "--split_num", SPLIT_NUM[EXTRACT_TASK], "--cutoff_len", profile.cutoff_len,
          "--max_new_tokens", profile.max_new_tokens[EXTRACT_TASK], "--batch_size", profile.infer_batch_size])
     if not results.is_file():
         raise StepFailed(f"{_rel(results)}: extract wrote nothing")
-    records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
-    paths = {"jsonl": results, "turtle": folder / "document.ttl", "graphml": folder / "document.graphml"}
+    records = [Result.from_json(json.loads(line)) for line in results.read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    paths = {"jsonl": results, "turtle": folder / "document.ttl", "graphml": folder / "document.graphml",
+             "report": folder / "report.html"}
+    resolution = resolve_results(records)
     for fmt in ("turtle", "graphml"):
         try:
-            write_results(records, str(paths[fmt]), fmt)
+            write_results(records, str(paths[fmt]), fmt, resolution=resolution)
         except Exception as exc:  # noqa: BLE001  (any export failure is reported as this step's failure)
             raise StepFailed(f"exporting {_rel(results)} as {fmt} failed: {exc}") from None
-    print(f"    graph written as {_rel(paths['turtle'])} and {_rel(paths['graphml'])}", flush=True)
+    print(f"    graph written as {_rel(paths['turtle'])} and {_rel(paths['graphml'])}; report in "
+          f"{_rel(paths['report'])}", flush=True)
     return {**paths, "document": document, "stats": _graph_stats(paths["turtle"], paths["graphml"])}
 
 
@@ -383,7 +392,8 @@ def render(summary: dict) -> str:
               f"{tr['seconds']:.0f} s{loss}; adapter in `{tr['adapter']}`"]
     ex = summary["extraction"]
     if ex:
-        lines.append(f"- knowledge graph of `{ex['document']}`: `{ex['turtle']}`, `{ex['graphml']}` "
+        lines.append(f"- knowledge graph of `{ex['document']}`: `{ex['turtle']}`, `{ex['graphml']}`, "
+                     f"report `{ex.get('report')}` "
                      f"({ex['stats']}; extraction results in `{ex['jsonl']}`)")
     lines.append(f"- instructions/s include loading the model; total wall time {summary['total_seconds'] / 60:.1f} min "
                  f"on {summary['threads']} CPU thread(s)")

@@ -15,12 +15,11 @@ from ie2instruction.io import cli_errors
 from ie2instruction.tasks import TASKS, get_task
 
 from ..utils import UsageError
+from . import outputs
 from .documents import load_schema, read_documents
-from .export import DEFAULT_BASE_IRI, FORMATS, check_format, check_output, write_results
-from .ground import result_field
+from .export import DEFAULT_BASE_IRI, FORMATS, check_format, check_output
 
 NEO4J_FILES = ("nodes.csv", "relationships.csv")
-DEFAULT_SPLIT_NUM = {"NER": 6, "RE": 4, "SPO": 4, "EE": 4, "EET": 4, "EEA": 4, "KG": 1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -60,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--base_iri", default=DEFAULT_BASE_IRI, help="namespace of the IRIs in --format turtle")
     p.add_argument("--trust_remote_code", action="store_true",
                    help="run Python code shipped in the model folder (auto_map); off unless given")
+    outputs.add_arguments(p)
     return p
 
 
@@ -97,10 +97,13 @@ def _check(args) -> None:
     get_template(args.template)  # UsageError for an unknown name
     check_format(args.format)
     check_output(args.output, args.format)
+    outputs.check(args)
     inputs = {"--input": args.input, "--schema": args.schema if os.path.isfile(args.schema) else None}
-    outputs = [args.output] if args.format != "neo4j" else [os.path.join(args.output, name) for name in NEO4J_FILES]
-    for out in outputs:
-        guard_output(out, "--output", inputs)
+    targets = [("--output", args.output)] if args.format != "neo4j" else \
+        [("--output", os.path.join(args.output, name)) for name in NEO4J_FILES]
+    targets += [(f"--{flag}", getattr(args, flag)) for flag in ("merge_log", "report") if getattr(args, flag)]
+    for flag, path in targets:
+        guard_output(path, flag, inputs)
 
 
 def _constrained(args) -> bool:
@@ -135,10 +138,11 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
         raise UsageError(f"--task: {err}") from None
     schema = load_schema(task, args.schema)
     docs = read_documents(args.input, args.input_format)
+    docs, skipped = outputs.skip_stored(args, docs)
     constrained = _constrained(args)
-    if engine is None:
+    if engine is None and docs:
         engine, tokenizer, template = load_engine(args, constrained)
-    split_num = args.split_num if args.split_num is not None else DEFAULT_SPLIT_NUM[task.name]
+    split_num = args.split_num if args.split_num is not None else task.extract_split_num
     builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
     extractor = Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
                           block_size=max(64, 4 * args.batch_size))
@@ -146,14 +150,18 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
         from tqdm import tqdm
 
         extractor.bar = tqdm(desc=f"extract {task.name}", unit=" prompt", mininterval=0.5)
+    judge = None
+    if args.resolve_judge and engine is not None:
+        judge = outputs.model_judge(engine, template, tokenizer, args.system_prompt)
     try:
-        write_results(extractor.run(docs), args.output, args.format, args.base_iri)
+        written = outputs.write(args, extractor.run(docs), judge)
     finally:
         if extractor.bar is not None:
             extractor.bar.close()
     summary = extractor.summary
-    for line in summary.lines(task.name, result_field(task.name), args.keep_ungrounded):
+    for line in summary.lines(task.name, task.result_field, args.keep_ungrounded):
         print(line, file=sys.stderr)
+    outputs.print_summary(task.name, {**written, **skipped})
     where = args.output if args.output != "-" else "stdout"
     print(f"extract {task.name}: wrote {args.format} to {where}", file=sys.stderr)
     return summary.__dict__

@@ -16,11 +16,12 @@ from ie2instruction.answers import INVALID, load_answer
 from ie2instruction.convert import Converter
 from ie2instruction.io import dumps
 from ie2instruction.tasks import Sampler, Schema, Task
+from ie2instruction.tasks.items import Item, Result
 
 from ..template import Template, record_query
 from ..utils import UsageError
 from .documents import Document
-from .ground import GroundStats, ground, result_field, typed_tuples
+from .ground import GroundStats, ground
 from .merge import merge_items
 from .windows import Span, plan_windows
 
@@ -174,7 +175,7 @@ class Extractor:
         self.constrained, self.keep = constrained, keep_ungrounded
         self.block_size = block_size
         self.task = builder.task
-        self.field = result_field(self.task.name)
+        self.field = self.task.result_field
         self.summary = Summary()
         self.bar = None  # a tqdm bar over prompts, set by the command on a terminal
 
@@ -197,15 +198,13 @@ class Extractor:
             return self.engine.generate(prompts, schemas)
         return self.engine.generate(prompts, schemas, progress=lambda n, tokens: self.bar.update(n))
 
-    def _result(self, doc: Document, items: list[dict], stats: DocStats) -> dict:
-        out = dict(doc.fields)
-        out.update(id=doc.id, text=doc.text, task=self.task.name)
-        out[self.field] = merge_items(items)
-        out["stats"] = stats.as_dict()
-        self.summary.add(stats, len(out[self.field]))
-        return out
+    def _result(self, doc: Document, items: list[Item], stats: DocStats) -> Result:
+        result = Result(doc.id, doc.text, self.task.name, self.field, merge_items(items),
+                        {**doc.fields, "stats": stats.as_dict()})
+        self.summary.add(stats, len(result.items))
+        return result
 
-    def run(self, documents: Iterable[Document]) -> Iterator[dict]:
+    def run(self, documents: Iterable[Document]) -> Iterator[Result]:
         """One result per document, in input order (documents are batched together for the engine)."""
         block: list[tuple[Document, DocStats]] = []
         requests: list[_Request] = []
@@ -219,8 +218,8 @@ class Extractor:
         if block:
             yield from self._finish(block, requests)
 
-    def _finish(self, block, requests) -> Iterator[dict]:
-        items: list[list[dict]] = [[] for _ in block]
+    def _finish(self, block, requests) -> Iterator[Result]:
+        items: list[list[Item]] = [[] for _ in block]
         gstats = [GroundStats() for _ in block]
         for req, gen in zip(requests, self._generate(requests)):
             doc, stats = block[req.doc]
@@ -228,11 +227,11 @@ class Extractor:
             if getattr(gen, "finished", True) is False:
                 stats.cut_off += 1
             value, _ = load_answer(text, repair=True)
-            tuples = None if value is INVALID else typed_tuples(self.task, value, req.chunk)
+            tuples = None if value is INVALID else self.task.extract_tuples(value, req.chunk)
             if tuples is None:
                 stats.parse_failures += 1
                 continue
-            items[req.doc].extend(ground(self.task.name, tuples, doc.text, req.window, self.keep,
+            items[req.doc].extend(ground(self.task, tuples, doc.text, req.window, self.keep,
                                          gstats[req.doc]))
         for (doc, stats), found, g in zip(block, items, gstats):
             stats.ungrounded = g.ungrounded

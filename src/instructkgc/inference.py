@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
+from .infer.factory import build_engine  # noqa: F401  (re-exported for extract)
 from .utils import UsageError, fail, get_logger
 
 logger = get_logger(__name__)
@@ -45,55 +46,12 @@ def _check(infer_args, generating_args) -> None:
         raise UsageError("--input_file is required")
     if not infer_args.output_file:
         raise UsageError("--output_file is required")
-    if infer_args.constrained_decoding and infer_args.backend == "hf":
+    if infer_args.constrained_decoding:
         from .infer.constrained import require_xgrammar
 
-        require_xgrammar()
+        require_xgrammar()  # both engines: the vLLM one sends xgrammar's EBNF and closes cut answers with it
         if generating_args.num_beams != 1:
             raise UsageError("--constrained_decoding works with --num_beams 1 only")
-
-
-def _move_to_device(model, bits: int):
-    import torch
-
-    if bits in (4, 8):  # placed by the loader; .to() fails on 8-bit models (REFERENCE §8 item 23)
-        return model
-    if torch.cuda.is_available():
-        return model.to("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return model.to("mps")
-    return model
-
-
-def build_engine(model_args, data_args, finetuning_args, generating_args, infer_args):
-    """``(engine, tokenizer, template)`` for the chosen backend."""
-    from .infer import SamplingSettings, create_engine
-    from .template import get_template_and_fix_tokenizer, stop_token_ids
-
-    settings = SamplingSettings.from_args(generating_args)
-    if infer_args.backend == "vllm":
-        from .infer.vllm_engine import require_vllm
-        from .loader import load_tokenizer
-
-        require_vllm()
-        tokenizer = load_tokenizer(model_args, finetuning_args)
-        template = get_template_and_fix_tokenizer(data_args.template, tokenizer)
-        engine = create_engine("vllm", model_args=model_args, tokenizer=tokenizer,
-                               stop_token_ids=stop_token_ids(template, tokenizer), settings=settings,
-                               batch_size=infer_args.batch_size, constrained=infer_args.constrained_decoding,
-                               finetuning_args=finetuning_args, tensor_parallel_size=infer_args.tensor_parallel_size,
-                               max_model_len=data_args.cutoff_len + settings.max_new_tokens)
-        return engine, tokenizer, template
-    from .loader import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(model_args, finetuning_args, is_trainable=False,
-                                                compute_dtype=model_args.compute_dtype, template=data_args.template)
-    model = _move_to_device(model, model_args.bits).eval()
-    template = get_template_and_fix_tokenizer(data_args.template, tokenizer)
-    engine = create_engine("hf", model=model, tokenizer=tokenizer, stop_token_ids=stop_token_ids(template, tokenizer),
-                           settings=settings, batch_size=infer_args.batch_size,
-                           constrained=infer_args.constrained_decoding)
-    return engine, tokenizer, template
 
 
 def report(counts, output_file, cutoff_flag: str = "--cutoff_len") -> None:
@@ -121,14 +79,15 @@ def run(argv=None):
     try:
         apply_saved_defaults(argv, model_args, data_args)
         _check(infer_args, generating_args)
-        check_input(infer_args.input_file)  # bad input fails before the model is loaded
+        records = check_input(infer_args.input_file)  # bad input fails before the model is loaded
         engine, tokenizer, template = build_engine(model_args, data_args, finetuning_args, generating_args,
                                                    infer_args)
+        window = max(records, 1) if engine.whole_file else max(64, 8 * infer_args.batch_size)
         try:
             counts = predict_file(
                 engine, lambda record: build_prompt_ids(template, tokenizer, record, data_args.cutoff_len),
                 infer_args.input_file, infer_args.output_file, resume=infer_args.resume,
-                constrained=infer_args.constrained_decoding, window=max(64, 8 * infer_args.batch_size))
+                constrained=infer_args.constrained_decoding, window=window)
         finally:
             engine.close()
     except UsageError as err:

@@ -174,13 +174,18 @@ def test_saved_training_arguments_are_defaults(tmp_path, caplog):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(),
-                    reason="needs vllm and a GPU")
+                    reason="needs vllm and a GPU (the CPU contract is tests/test_vllm_contract.py)")
 def test_vllm_backend_matches_hf_greedy(tiny_model_dir, ner_test, tmp_path):
+    """On a GPU: vLLM's greedy answers equal the HF engine's (same dtype, prompts, stops, budget; kernels may
+    flip a near-tie of the random model, so most, not all, must agree), and constrained ones all parse."""
     common = ["--model_name_or_path", tiny_model_dir, "--template", "llama2", "--input_file", str(ner_test),
-              "--max_new_tokens", "16"]
-    assert cli(*common, "--output_file", str(tmp_path / "hf.json")).returncode == 0
-    res = cli(*common, "--output_file", str(tmp_path / "vllm.json"), "--backend", "vllm",
-              "--constrained_decoding")
-    assert res.returncode == 0, res.stderr
-    for a in read_jsonl(tmp_path / "vllm.json"):
+              "--max_new_tokens", "64"]
+    for name, extra in (("", ()), ("c_", ("--constrained_decoding",))):
+        for backend in ("hf", "vllm"):
+            res = cli(*common, *extra, "--backend", backend, "--output_file", str(tmp_path / f"{name}{backend}.json"))
+            assert res.returncode == 0, res.stderr
+    hf, vllm = read_jsonl(tmp_path / "hf.json"), read_jsonl(tmp_path / "vllm.json")
+    assert [a["id"] for a in vllm] == [a["id"] for a in hf]
+    assert sum(a["output"] == b["output"] for a, b in zip(hf, vllm)) >= 0.8 * len(hf)
+    for a in read_jsonl(tmp_path / "c_vllm.json"):
         json.loads(a["output"])

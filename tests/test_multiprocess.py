@@ -1,4 +1,5 @@
-"""Multi-process training on CPU: torchrun (gloo DDP) and DeepSpeed ZeRO-2 finish and save a loadable adapter."""
+"""Multi-process training on CPU: torchrun (gloo DDP, QLoRA with gradient checkpointing) and DeepSpeed ZeRO-2
+finish and save a loadable adapter."""
 import json
 import os
 import socket
@@ -38,7 +39,7 @@ def _train(launcher, model, tmp_path, *extra):
                       "2", "--max_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true", *extra]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    return out
+    return out, result.stderr
 
 
 def _assert_loadable(model, out):
@@ -53,7 +54,12 @@ def _assert_loadable(model, out):
 
 
 def test_torchrun_two_processes(tiny_model_dir, tmp_path):
-    out = _train(TORCHRUN, tiny_model_dir, tmp_path)
+    """transformers 5 leaves local_rank at -1 under torchrun: DDP must still be detected, else the PeftModel
+    gets find_unused_parameters=True, which with checkpointing fails ("mark a variable ready only once")."""
+    pytest.importorskip("bitsandbytes")
+    out, log = _train(TORCHRUN, tiny_model_dir, tmp_path, "--bits", "4", "--gradient_checkpointing",
+                      "--use_cpu")  # without it transformers runs one independent process per rank on a CPU
+    assert "over 2 processes: ddp_find_unused_parameters=False" in log
     _assert_loadable(tiny_model_dir, out)
 
 
@@ -62,5 +68,5 @@ def test_deepspeed_zero2_two_processes(tiny_model_dir, tmp_path):
     config = tmp_path / "ds_cpu_zero2.json"  # CPU: fp32, no optimizer offload (the bf16 configs are for GPUs)
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": "auto",
                                   "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": "auto"}))
-    out = _train(TORCHRUN, tiny_model_dir, tmp_path, "--deepspeed", str(config))
+    out, _ = _train(TORCHRUN, tiny_model_dir, tmp_path, "--deepspeed", str(config))
     _assert_loadable(tiny_model_dir, out)

@@ -332,6 +332,15 @@ def _dtype(training_args):
     return None
 
 
+def _distributed(training_args) -> bool:
+    """Whether this process is one of several (torchrun, accelerate, deepspeed). Under torchrun transformers 5
+    leaves ``local_rank`` at -1, so the parallel mode is asked instead (once the devices are set up)."""
+    from transformers.training_args import ParallelMode
+
+    _ = training_args.device  # sets up the distributed state (the Trainer would do it next anyway)
+    return training_args.parallel_mode == ParallelMode.DISTRIBUTED
+
+
 def _last_checkpoint(output_dir: str) -> Optional[str]:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -349,8 +358,10 @@ def parse_train_args(argv=None):
     _finish_common(model_args, finetuning_args)
     if not (training_args.bf16 or training_args.fp16):
         logger.info("training in fp32 (pass --bf16 or --fp16 on a GPU for speed)")
-    if training_args.local_rank != -1 and finetuning_args.finetuning_type == "lora":
-        training_args.ddp_find_unused_parameters = False
+    if finetuning_args.finetuning_type == "lora" and _distributed(training_args):
+        training_args.ddp_find_unused_parameters = False  # every LoRA weight is used; True breaks checkpointing
+        logger.info("distributed LoRA training over %d processes: ddp_find_unused_parameters=False",
+                    training_args.world_size)
     if (training_args.do_train and training_args.resume_from_checkpoint is None
             and not training_args.overwrite_output_dir and os.path.isdir(training_args.output_dir)):
         last = _last_checkpoint(training_args.output_dir)

@@ -24,10 +24,10 @@ def _check(infer_args, generating_args, data_args) -> None:
         raise UsageError(f"--max_new_tokens must be at least 1, got {generating_args.max_new_tokens}")
     if data_args.cutoff_len < 1:
         raise UsageError(f"--cutoff_len must be at least 1, got {data_args.cutoff_len}")
-    if infer_args.constrained_decoding and infer_args.backend == "hf":
+    if infer_args.constrained_decoding:
         from .infer.constrained import require_xgrammar
 
-        require_xgrammar()
+        require_xgrammar()  # both engines: the vLLM one sends xgrammar's EBNF and closes cut answers with it
         if generating_args.num_beams != 1:
             raise UsageError("--constrained_decoding works with --num_beams 1 only")
 
@@ -35,8 +35,9 @@ def _check(infer_args, generating_args, data_args) -> None:
 def run(argv=None):
     """Parse ``argv``, answer the input file, return the counts."""
     from .args import parse_infer_args
+    from .infer import build_engine
     from .infer.records import check_files, predict_file
-    from .predict import build_engine, report
+    from .predict import report
     from .run_args import apply_saved_defaults
     from .template import build_prompt_ids
 
@@ -45,13 +46,14 @@ def run(argv=None):
     apply_saved_defaults(argv, model_args, data_args)
     _check(infer_args, generating_args, data_args)
     # bad input, an unusable output path or a wrong --resume file fail before the model is loaded
-    check_files(infer_args.input_file, infer_args.output_file, infer_args.resume)
+    records = check_files(infer_args.input_file, infer_args.output_file, infer_args.resume)
     engine, tokenizer, template = build_engine(model_args, data_args, finetuning_args, generating_args, infer_args)
+    window = max(records, 1) if engine.whole_file else max(64, 8 * infer_args.batch_size)
     try:
         counts = predict_file(
             engine, lambda record: build_prompt_ids(template, tokenizer, record, data_args.cutoff_len),
             infer_args.input_file, infer_args.output_file, resume=infer_args.resume,
-            constrained=infer_args.constrained_decoding, window=max(64, 8 * infer_args.batch_size))
+            constrained=infer_args.constrained_decoding, window=window)
     finally:
         engine.close()
     report(counts, infer_args.output_file)

@@ -79,14 +79,19 @@ def load_tokenizer(model_args, finetuning_args=None):
     return tokenizer
 
 
-def infer_dtype(config, compute_dtype=None):
-    """The given dtype, else bf16 if the config says so and CUDA supports it, fp16 on CUDA, fp32 on CPU."""
+def infer_dtype(config, compute_dtype=None, cuda: Optional[bool] = None):
+    """The given dtype, else bf16 if the config says so and CUDA supports it, fp16 on CUDA, fp32 on CPU.
+
+    ``cuda``: whether the model runs on CUDA (default: whether this process sees a GPU); the vLLM engine asks
+    with ``cuda=True``, so both engines pick the same dtype."""
     import torch
 
     if compute_dtype is not None:
         return compute_dtype
-    if torch.cuda.is_available():
-        if getattr(config, "torch_dtype", None) == torch.bfloat16 and torch.cuda.is_bf16_supported():
+    visible = torch.cuda.is_available()
+    if visible if cuda is None else cuda:
+        config_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if config_dtype in (torch.bfloat16, "bfloat16") and (not visible or torch.cuda.is_bf16_supported()):
             return torch.bfloat16
         return torch.float16
     return torch.float32
@@ -165,7 +170,8 @@ def _prepare_for_training(model, model_args, finetuning_args, gradient_checkpoin
         model.get_input_embeddings().register_forward_hook(neftune)
     if model_args.bits in (4, 8):
         from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

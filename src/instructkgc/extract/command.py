@@ -113,9 +113,9 @@ def _constrained(args) -> bool:
 
 
 def load_engine(args, constrained: bool):
-    """``(engine, tokenizer, template)`` through ``instructkgc.predict.build_engine`` (as src/inference.py)."""
+    """``(engine, tokenizer, template)`` through ``instructkgc.infer.build_engine`` (as src/inference.py)."""
     from ..args import DataArguments, FinetuningArguments, GenerationArguments, InferArguments, ModelArguments
-    from ..predict import build_engine
+    from ..infer import build_engine
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_name=args.model_name,
                                 checkpoint_dir=args.checkpoint_dir, bits=args.bits,

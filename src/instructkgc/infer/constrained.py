@@ -25,6 +25,8 @@ from ..utils import UsageError
 EXTRA = "pip install 'instructkgc[constrained]'"
 _CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order outside strings
 _CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuation bytes
+# How a JSON Schema becomes a grammar, for both engines: json.dumps spacing, no extra properties.
+JSON_GRAMMAR_OPTIONS = {"any_whitespace": False, "strict_mode": True}
 
 
 def _after_string(matcher) -> bool:
@@ -45,6 +47,14 @@ def require_xgrammar():
     except ImportError:
         raise UsageError(f"--constrained_decoding needs xgrammar: {EXTRA}") from None
     return xgrammar
+
+
+def schema_ebnf(schema: dict) -> str:
+    """The answer grammar of ``schema`` as EBNF text: what the vLLM engine sends
+    (``StructuredOutputsParams(grammar=...)``), the grammar :class:`GrammarCache` compiles for the HF engine."""
+    xgr = require_xgrammar()
+    text = json.dumps(schema, sort_keys=False, ensure_ascii=False)
+    return str(xgr.Grammar.from_json_schema(text, **JSON_GRAMMAR_OPTIONS))
 
 
 class GrammarCache:
@@ -119,7 +129,7 @@ class GrammarCache:
         key = json.dumps(schema, sort_keys=False, ensure_ascii=False)
         compiled = self._grammars.get(key)
         if compiled is None:
-            compiled = self.compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+            compiled = self.compiler.compile_json_schema(key, **JSON_GRAMMAR_OPTIONS)
             self._grammars[key] = compiled
         return compiled
 

@@ -1,4 +1,7 @@
-"""The small engine interface shared by the HF and vLLM backends, and the factory that picks one."""
+"""The small engine interface shared by the HF and vLLM backends.
+
+Both engines are constructed the same way, ``Engine(model, tokenizer, stop_token_ids, settings, batch_size,
+constrained)``, from a model that :func:`instructkgc.infer.factory.build_engine` loads for the chosen backend."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -44,6 +47,8 @@ class SamplingSettings:
 class Engine(ABC):
     """Generates answers for tokenised prompts, optionally constrained to one JSON Schema per prompt."""
 
+    whole_file = False  # True: give generate() every prompt of the input at once (it schedules them itself)
+
     @abstractmethod
     def generate(self, prompts: Sequence[list[int]], json_schemas: Optional[Sequence[Optional[dict]]] = None,
                  progress: Optional[ProgressCallback] = None) -> list[Generation]:
@@ -52,16 +57,3 @@ class Engine(ABC):
     def close(self) -> None:
         """Release the model (no-op by default)."""
 
-
-def create_engine(backend: str, **kwargs) -> Engine:
-    """``hf``: :class:`~instructkgc.infer.hf_engine.HFEngine`; ``vllm``:
-    :class:`~instructkgc.infer.vllm_engine.VLLMEngine` (imported lazily, optional extra)."""
-    if backend == "hf":
-        from .hf_engine import HFEngine
-
-        return HFEngine(**kwargs)
-    if backend == "vllm":
-        from .vllm_engine import VLLMEngine
-
-        return VLLMEngine(**kwargs)
-    raise ValueError(f"unknown backend {backend!r} (hf or vllm)")

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
+from .distributed import RayArguments
 from .utils import UsageError, default_lora_targets, fail, get_logger, parse_module_list
 
 logger = get_logger(__name__)
@@ -148,7 +149,7 @@ class GenerationArguments:
 
 
 @dataclass
-class InferArguments:
+class InferArguments(RayArguments):  # --ray, --num_workers, --gpus_per_worker: instructkgc.distributed
     mode: str = field(default="w", metadata={"help": "Output file mode (w or a)."})
     gen_mode: str = field(default="greedy")
     swap_space: int = field(default=4)

@@ -122,6 +122,12 @@ def run(argv=None):
         apply_saved_defaults(argv, model_args, data_args)
         _check(infer_args, generating_args)
         check_input(infer_args.input_file)  # bad input fails before the model is loaded
+        if infer_args.ray is not None:
+            from .distributed import run_inference
+
+            counts = run_inference(model_args, data_args, finetuning_args, generating_args, infer_args)
+            report(counts, infer_args.output_file)
+            return counts
         engine, tokenizer, template = build_engine(model_args, data_args, finetuning_args, generating_args,
                                                    infer_args)
         try:

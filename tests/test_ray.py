@@ -62,7 +62,7 @@ DOCS = ["Barack Obama was born in Hawaii and worked for Google in California.",
         " ".join(f"Sentence {i} says Alice met Bob in Paris at the Louvre." for i in range(8)),
         "北京大学的张三在上海出生。"]
 SCHEMAS = {"NER": '["person", "location", "organization"]', "RE": '["born in", "work for"]',
-           "EE": '{"meeting": ["participant", "place"]}', "KG": '{"person": ["birthplace", "employer"]}'}
+           "EET": '["meeting", "birth"]', "KG": '{"person": ["birthplace", "employer"]}'}
 
 
 @pytest.mark.parametrize("task", list(SCHEMAS))  # entities, relations, events, records
@@ -141,7 +141,7 @@ def _crashing_job(model, records, out, **crash):
     job = CrashingJob(model_args, data_args, finetuning_args, generating_args, infer_args)
     for k, v in crash.items():
         setattr(job, k, v)
-    return job, infer_args
+    return job, distributed.inference_items(infer_args), infer_args
 
 
 def test_a_crashed_worker_is_retried_and_a_persistent_crash_is_named(tiny_model_dir, records, tmp_path):
@@ -150,18 +150,18 @@ def test_a_crashed_worker_is_retried_and_a_persistent_crash_is_named(tiny_model_
     write = lambda path: lambda lines: Path(path).write_text("".join(lines), encoding="utf-8")  # noqa: E731
 
     out = tmp_path / "once.json"
-    job, args = _crashing_job(tiny_model_dir, records, out, line=5, marker=str(tmp_path / "crashed"))
-    distributed.run(job, args, str(out), write(out))
+    job, items, args = _crashing_job(tiny_model_dir, records, out, line=5, marker=str(tmp_path / "crashed"))
+    distributed.run(job, items, args, str(out), write(out))
     assert (tmp_path / "crashed").exists() and out.read_bytes() == clean.read_bytes()
 
     out = tmp_path / "always.json"
-    job, args = _crashing_job(tiny_model_dir, records, out, line=5, marker=str(tmp_path / "m"), always=True)
+    job, items, args = _crashing_job(tiny_model_dir, records, out, line=5, marker=str(tmp_path / "m"), always=True)
     with pytest.raises(distributed.LostItems) as lost:
-        distributed.run(job, args, str(out), write(out))
+        distributed.run(job, items, args, str(out), write(out))
     assert f"{records}:5" in lost.value.ids and len(lost.value.ids) < 24  # the others were written
     assert f"{records}:5" in str(lost.value) and not out.exists()
     job.always, job.line = False, -1  # the fault is gone: the re-run does only what was lost
-    assert distributed.run(job, args, str(out), write(out))[2] == 24 - len(lost.value.ids)
+    assert distributed.run(job, items, args, str(out), write(out))[1] == 24 - len(lost.value.ids)
     assert out.read_bytes() == clean.read_bytes()
 
 

@@ -35,6 +35,7 @@ logger = get_logger(__name__)
 
 EXTRA = "pip install 'instructkgc[ray]'"
 RETRIES = 2  # per block: user errors retried in place, a dead worker restarted
+CPUS_PER_WORKER = 1  # and as many torch threads when the worker has no GPU
 MIN_BLOCKS = 16  # blocks a run is cut into at least (load balance; the unit a crash can lose)
 
 
@@ -93,17 +94,11 @@ class LostItems(Exception):
 
 # ---- jobs: what runs on the workers --------------------------------------------------------------------
 class Job:
-    """One command's work. The driver side lists items and writes the final file; ``load`` and ``process``
-    run on the workers (the job is pickled to them)."""
-
-    threads = 1  # torch threads of a CPU worker
+    """One command's settings and its worker side: ``load`` and ``process`` run on the workers (the job is
+    pickled to them; the items are not, each block carries its own)."""
 
     def fingerprint(self) -> dict:
-        """Everything the results depend on; shards of another fingerprint are not reused."""
-        raise NotImplementedError
-
-    def items(self) -> list[tuple[str, dict]]:
-        """``(id, item)`` in input order; ids name the items in messages."""
+        """The settings the results depend on; shards of other settings (or input) are not reused."""
         raise NotImplementedError
 
     def block_rows(self) -> int:
@@ -133,23 +128,10 @@ class InferJob(Job):
     infer_args: object
 
     def fingerprint(self) -> dict:
-        drop = {"output_file", "resume", "mode", *(f.name for f in fields(RayArguments))}
-        return {"command": "inference", "input": _file_digest(self.infer_args.input_file),
+        drop = {"input_file", "output_file", "resume", "mode", *(f.name for f in fields(RayArguments))}
+        return {"command": "inference", "compute_dtype": str(self.model_args.compute_dtype),
                 **{name: {k: v for k, v in asdict(getattr(self, name)).items() if k not in drop}
-                   for name in ("model_args", "data_args", "finetuning_args", "generating_args", "infer_args")},
-                "compute_dtype": str(self.model_args.compute_dtype)}
-
-    def items(self):
-        from ie2instruction.io import read_records
-
-        from .infer.records import answer_schema
-
-        out = []
-        for line, record in read_records(self.infer_args.input_file):
-            if self.infer_args.constrained_decoding:  # every schema must build before anything runs
-                answer_schema(record, self.infer_args.input_file, line)
-            out.append((f"{self.infer_args.input_file}:{line}", {"line": line, "record": record}))
-        return out
+                   for name in ("model_args", "data_args", "finetuning_args", "generating_args", "infer_args")}}
 
     def block_rows(self) -> int:
         return max(64, 8 * self.infer_args.batch_size)  # the single-process window
@@ -182,21 +164,13 @@ class ExtractJob(Job):
     args: argparse.Namespace
     task: str
     schema: object  # ie2instruction.tasks.Schema, loaded on the driver
-    documents: list
     split_num: int
     constrained: bool
 
     def fingerprint(self) -> dict:
-        drop = {"output", "format", "base_iri", "input", "task", "schema", *(f.name for f in fields(RayArguments))}
-        return {"command": "extract", "constrained": self.constrained, "split_num": self.split_num,
-                "task": self.task, "schema": repr(self.schema),
-                "input": hashlib.sha256("\n".join(json.dumps([d.id, d.text, d.fields], ensure_ascii=False,
-                                                            sort_keys=True) for d in self.documents)
-                                        .encode("utf-8")).hexdigest(),
-                **{k: v for k, v in vars(self.args).items() if k not in drop}}
-
-    def items(self):
-        return [(d.id, {"id": d.id, "text": d.text, "fields": d.fields}) for d in self.documents]
+        drop = {"output", "format", "base_iri", "input", *(f.name for f in fields(RayArguments))}
+        return {"command": "extract", "task": self.task, "schema": asdict(self.schema), "split_num": self.split_num,
+                "constrained": self.constrained, **{k: v for k, v in vars(self.args).items() if k not in drop}}
 
     def block_rows(self) -> int:
         return max(16, self.args.batch_size)
@@ -222,14 +196,6 @@ class ExtractJob(Job):
         extractor.engine.close()
 
 
-def _file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _Worker:
     """A Ray Data actor: one engine, every block it gets through ``job.process``."""
 
@@ -237,7 +203,7 @@ class _Worker:
         import torch
 
         if not torch.cuda.is_available():
-            torch.set_num_threads(job.threads)
+            torch.set_num_threads(CPUS_PER_WORKER)
         self.job = job
         self.state = job.load()
 
@@ -319,14 +285,15 @@ def _pool(ray, ray_args) -> tuple[int, float]:
     return workers, gpus
 
 
-def run(job: Job, ray_args, output: str, write: Callable[[list[str]], None]) -> tuple[dict, int, int]:
-    """Run ``job`` on Ray and ``write`` its output lines in input order; returns the counts summed over this
-    run, how many items there are and how many earlier runs had done. Raises :class:`LostItems` (shards kept)
-    when items are missing."""
+def run(job: Job, items: list[tuple[str, dict]], ray_args, output: str,
+        write: Callable[[list[str]], None]) -> tuple[dict, int]:
+    """Run ``job`` over ``items`` (``(id, item)`` in input order, already checked) on Ray and ``write`` the
+    output lines in input order; returns the counts summed over this run and how many items earlier runs had
+    done. Raises :class:`LostItems` (shards kept) when items are missing."""
     ray = require_ray()
-    items = job.items()  # the whole input is read and checked before the cluster starts
     shards = Shards(output)
-    rows = shards.open(job.fingerprint())
+    digest = hashlib.sha256("\n".join(json.dumps(item, ensure_ascii=False) for _, item in items).encode("utf-8"))
+    rows = shards.open({**job.fingerprint(), "input": digest.hexdigest()})
     reused = len(rows)
     pending = [k for k in range(len(items)) if k not in rows]
     cause = _generate(ray, job, ray_args, items, pending, shards, rows) if pending else None
@@ -339,7 +306,7 @@ def run(job: Job, ray_args, output: str, write: Callable[[list[str]], None]) -> 
             totals[name] = totals.get(name, 0) + n
     write([rows[k][1] for k in range(len(items))])
     shards.remove()
-    return totals, len(items), reused
+    return totals, reused
 
 
 def _generate(ray, job, ray_args, items, pending, shards, rows) -> Optional[str]:
@@ -358,8 +325,8 @@ def _generate(ray, job, ray_args, items, pending, shards, rows) -> Optional[str]
     with warnings.catch_warnings():  # bounded restarts have no named parameter yet (Ray's default: forever)
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(_Worker, fn_constructor_args=(job,), batch_size=rows_per_block, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus or None,
-                            max_restarts=RETRIES, max_task_retries=RETRIES)
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=CPUS_PER_WORKER,
+                            num_gpus=gpus or None, max_restarts=RETRIES, max_task_retries=RETRIES)
     logger.info("ray: %d of %d items to do, %d workers (%g GPUs each), blocks of %d", len(pending), len(items),
                 workers, gpus, rows_per_block)
     with shards.writer() as f:
@@ -395,16 +362,32 @@ def run_inference(model_args, data_args, finetuning_args, generating_args, infer
     if infer_args.backend == "vllm" and infer_args.gpus_per_worker:
         infer_args.tensor_parallel_size = max(1, int(infer_args.gpus_per_worker))
     job = InferJob(model_args, data_args, finetuning_args, generating_args, infer_args)
+    items = inference_items(infer_args)  # read and checked before the cluster starts
 
     def write(lines):
         with atomic_writer(infer_args.output_file) as f:
             f.writelines(lines)
 
     try:
-        totals, records, reused = run(job, infer_args, infer_args.output_file, write)
+        totals, reused = run(job, items, infer_args, infer_args.output_file, write)
     except LostItems as err:
         _lost(err)
-    return Counts(**{**totals, "records": records, "skipped": reused})
+    return Counts(**{**totals, "records": len(items), "skipped": reused})
+
+
+def inference_items(infer_args) -> list[tuple[str, dict]]:
+    """The records of ``--input_file`` as items named ``PATH:LINE``; with ``--constrained_decoding`` every
+    record's answer schema must build."""
+    from ie2instruction.io import read_records
+
+    from .infer.records import answer_schema
+
+    out = []
+    for line, record in read_records(infer_args.input_file):
+        if infer_args.constrained_decoding:
+            answer_schema(record, infer_args.input_file, line)
+        out.append((f"{infer_args.input_file}:{line}", {"line": line, "record": record}))
+    return out
 
 
 def run_extract(args, task, schema, documents, split_num: int, constrained: bool):
@@ -414,7 +397,8 @@ def run_extract(args, task, schema, documents, split_num: int, constrained: bool
     from .extract.pipeline import DocStats, Summary
 
     check(args, args.output)
-    job = ExtractJob(args, task.name, schema, documents, split_num, constrained)
+    job = ExtractJob(args, task.name, schema, split_num, constrained)
+    items = [(d.id, {"id": d.id, "text": d.text, "fields": d.fields}) for d in documents]
     summary = Summary()
     field_name = result_field(task.name)
 
@@ -427,7 +411,7 @@ def run_extract(args, task, schema, documents, split_num: int, constrained: bool
         write_results(results(), args.output, args.format, args.base_iri)
 
     try:
-        run(job, args, args.output, write)
+        run(job, items, args, args.output, write)
     except LostItems as err:
         _lost(err)
     return summary

@@ -44,17 +44,24 @@ def records(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, records, tmp_path_factory):
+    """The single-process answers and counts: what every --ray run must reproduce."""
+    out = tmp_path_factory.mktemp("one") / "one.json"
+    counts = infer_run(infer_argv(tiny_model_dir, records, out))
+    return out.read_bytes(), counts
+
+
 def infer_argv(model, records, out, *extra):
     return ["--model_name_or_path", str(model), "--template", "llama2", "--input_file", str(records),
             "--output_file", str(out), "--max_new_tokens", "8", "--batch_size", "4", *extra]
 
 
-def test_inference_on_two_workers_writes_what_one_process_writes(tiny_model_dir, records, tmp_path):
-    one = infer_run(infer_argv(tiny_model_dir, records, tmp_path / "one.json"))
+def test_inference_on_two_workers_writes_what_one_process_writes(tiny_model_dir, records, one_process, tmp_path):
     out = tmp_path / "ray.json"
     counts = infer_run(infer_argv(tiny_model_dir, records, out, "--ray", "--num_workers", "2"))
-    assert out.read_bytes() == (tmp_path / "one.json").read_bytes()
-    assert counts.as_dict() == one.as_dict()  # records, generated, cut off, invalid JSON, tokens
+    assert out.read_bytes() == one_process[0]
+    assert counts.as_dict() == one_process[1].as_dict()  # records, generated, cut off, invalid JSON, tokens
     assert not Path(f"{out}.parts").exists()  # shards removed once the final file is there
 
 
@@ -91,9 +98,8 @@ def distributed_field(task):
     return result_field(task)
 
 
-def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, records, tmp_path, ray_session):
-    clean = tmp_path / "one.json"
-    infer_run(infer_argv(tiny_model_dir, records, clean))
+def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, records, one_process, tmp_path,
+                                                           ray_session):
     out = tmp_path / "ray.json"
     argv = infer_argv(tiny_model_dir, records, out, "--ray", ray_session, "--num_workers", "1")
     proc = subprocess.Popen([sys.executable, str(REPO / "src/inference.py"), *argv], cwd=REPO,
@@ -115,54 +121,46 @@ def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, rec
     done = sum(1 for _ in part.read_text(encoding="utf-8").splitlines()) - 1
     counts = infer_run(argv)
     assert counts.skipped == done and counts.generated == counts.records - done
-    assert out.read_bytes() == clean.read_bytes()  # each record once, in input order
+    assert out.read_bytes() == one_process[0]  # each record once, in input order
 
 
 class CrashingJob(distributed.InferJob):
-    """Kills its worker process on the block holding ``line``: once (a marker file remembers), or always."""
+    """Kills its worker process on the block holding record line ``once`` the first time (a marker file
+    remembers) and on the block holding line ``always`` every time."""
 
-    line: int = 0
+    once: int = 0
+    always: int = 0
     marker: str = ""
-    always: bool = False
 
     def process(self, state, items):
-        if any(item["line"] == self.line for item in items):
-            if self.always or not os.path.exists(self.marker):
-                Path(self.marker).touch()
-                os._exit(1)
+        lines = {item["line"] for item in items}
+        if self.once in lines and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        if self.always in lines:
+            os._exit(1)
         return super().process(state, items)
 
 
-def _crashing_job(model, records, out, **crash):
+def test_a_crashed_worker_is_retried_and_a_persistent_crash_is_named(tiny_model_dir, records, one_process,
+                                                                     tmp_path):
     from instructkgc.args import parse_infer_args
 
+    out = tmp_path / "out.json"
     model_args, data_args, _, finetuning_args, generating_args, infer_args = parse_infer_args(
-        infer_argv(model, records, out, "--ray", "--num_workers", "2"))
+        infer_argv(tiny_model_dir, records, out, "--ray", "--num_workers", "2"))
     job = CrashingJob(model_args, data_args, finetuning_args, generating_args, infer_args)
-    for k, v in crash.items():
-        setattr(job, k, v)
-    return job, distributed.inference_items(infer_args), infer_args
-
-
-def test_a_crashed_worker_is_retried_and_a_persistent_crash_is_named(tiny_model_dir, records, tmp_path):
-    clean = tmp_path / "one.json"
-    infer_run(infer_argv(tiny_model_dir, records, clean))
-    write = lambda path: lambda lines: Path(path).write_text("".join(lines), encoding="utf-8")  # noqa: E731
-
-    out = tmp_path / "once.json"
-    job, items, args = _crashing_job(tiny_model_dir, records, out, line=5, marker=str(tmp_path / "crashed"))
-    distributed.run(job, items, args, str(out), write(out))
-    assert (tmp_path / "crashed").exists() and out.read_bytes() == clean.read_bytes()
-
-    out = tmp_path / "always.json"
-    job, items, args = _crashing_job(tiny_model_dir, records, out, line=5, marker=str(tmp_path / "m"), always=True)
+    job.once, job.always, job.marker = 3, 20, str(tmp_path / "crashed")
+    items = distributed.inference_items(infer_args)
+    write = lambda lines: out.write_text("".join(lines), encoding="utf-8")  # noqa: E731
     with pytest.raises(distributed.LostItems) as lost:
-        distributed.run(job, items, args, str(out), write(out))
-    assert f"{records}:5" in lost.value.ids and len(lost.value.ids) < 24  # the others were written
-    assert f"{records}:5" in str(lost.value) and not out.exists()
-    job.always, job.line = False, -1  # the fault is gone: the re-run does only what was lost
-    assert distributed.run(job, items, args, str(out), write(out))[1] == 24 - len(lost.value.ids)
-    assert out.read_bytes() == clean.read_bytes()
+        distributed.run(job, items, infer_args, str(out), write)
+    assert (tmp_path / "crashed").exists() and f"{records}:3" not in lost.value.ids  # retried: done
+    assert f"{records}:20" in lost.value.ids and len(lost.value.ids) < 24  # named; the others written
+    assert f"{records}:20" in str(lost.value) and not out.exists()
+    job.always = -1  # the fault is gone: the same run again does only what was lost
+    assert distributed.run(job, items, infer_args, str(out), write)[1] == 24 - len(lost.value.ids)
+    assert out.read_bytes() == one_process[0]
 
 
 def test_missing_ray_names_the_extra(tiny_model_dir, records, tmp_path, monkeypatch, capsys):

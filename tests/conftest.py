@@ -36,3 +36,7 @@ def tiny_qwen_dir(tmp_path_factory):
     from instructkgc.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_qwen"), arch="qwen2", seed=SEED)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ray: runs on a local Ray session (the --ray path); -m 'not ray' skips")

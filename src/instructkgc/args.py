@@ -19,6 +19,7 @@ from typing import Literal, Optional
 
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
+from .distributed import RayArguments
 from .run_args import ARGS_FILE
 from .utils import UsageError, default_lora_targets, get_logger, parse_module_list, read_json_file
 
@@ -113,7 +114,7 @@ class GenerationArguments:
 
 
 @dataclass
-class InferArguments:
+class InferArguments(RayArguments):  # --ray, --num_workers, --gpus_per_worker: instructkgc.distributed
     swap_space: int = field(default=4)
     gpu_memory_utilization: float = field(default=0.90)
     input_file: Optional[str] = field(default=None)

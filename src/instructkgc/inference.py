@@ -47,6 +47,12 @@ def run(argv=None):
     _check(infer_args, generating_args, data_args)
     # bad input, an unusable output path or a wrong --resume file fail before the model is loaded
     records = check_files(infer_args.input_file, infer_args.output_file, infer_args.resume)
+    if infer_args.ray is not None:
+        from .distributed import run_inference
+
+        counts = run_inference(model_args, data_args, finetuning_args, generating_args, infer_args)
+        report(counts, infer_args.output_file)
+        return counts
     engine, tokenizer, template = build_engine(model_args, data_args, finetuning_args, generating_args, infer_args)
     window = max(records, 1) if engine.whole_file else max(64, 8 * infer_args.batch_size)
     try:

@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--trust_remote_code", action="store_true",
                    help="run Python code shipped in the model folder (auto_map); off unless given")
     outputs.add_arguments(p)
+    from ..distributed import add_arguments as add_ray_arguments
+
+    add_ray_arguments(p)
     return p
 
 
@@ -127,10 +130,17 @@ def load_engine(args, constrained: bool):
                         infer_args)
 
 
-def run(args, engine=None, tokenizer=None, template=None) -> dict:
-    """Run ``extract``; returns the summary. ``engine``/``tokenizer``/``template`` replace loading a model."""
+def make_extractor(args, task, schema, split_num: int, engine, tokenizer, template, constrained: bool):
+    """The pipeline of ``args`` around a loaded engine (one process, or each ``--ray`` worker)."""
     from .pipeline import Extractor, PromptBuilder
 
+    builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
+    return Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
+                     block_size=max(64, 4 * args.batch_size))
+
+
+def run(args, engine=None, tokenizer=None, template=None) -> dict:
+    """Run ``extract``; returns the summary. ``engine``/``tokenizer``/``template`` replace loading a model."""
     _check(args)
     try:
         task = get_task(args.task)
@@ -140,12 +150,15 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
     docs = read_documents(args.input, args.input_format)
     docs, skipped = outputs.skip_stored(args, docs)
     constrained = _constrained(args)
+    split_num = args.split_num if args.split_num is not None else task.extract_split_num
+    if args.ray is not None and engine is None:
+        from ..distributed import run_extract
+
+        summary, written = run_extract(args, task, schema, docs, split_num, constrained)
+        return _finish(args, task, summary, {**written, **skipped})
     if engine is None and docs:
         engine, tokenizer, template = load_engine(args, constrained)
-    split_num = args.split_num if args.split_num is not None else task.extract_split_num
-    builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
-    extractor = Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
-                          block_size=max(64, 4 * args.batch_size))
+    extractor = make_extractor(args, task, schema, split_num, engine, tokenizer, template, constrained)
     if sys.stderr.isatty():
         from tqdm import tqdm
 
@@ -158,10 +171,13 @@ def run(args, engine=None, tokenizer=None, template=None) -> dict:
     finally:
         if extractor.bar is not None:
             extractor.bar.close()
-    summary = extractor.summary
+    return _finish(args, task, extractor.summary, {**written, **skipped})
+
+
+def _finish(args, task, summary, counts: dict) -> dict:
     for line in summary.lines(task.name, task.result_field, args.keep_ungrounded):
         print(line, file=sys.stderr)
-    outputs.print_summary(task.name, {**written, **skipped})
+    outputs.print_summary(task.name, counts)
     where = args.output if args.output != "-" else "stdout"
     print(f"extract {task.name}: wrote {args.format} to {where}", file=sys.stderr)
     return summary.__dict__

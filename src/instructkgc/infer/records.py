@@ -198,28 +198,36 @@ def predict_file(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], 
     try:
         with _output(out, resume) as f:
             for batch in _windows(input_file, counts.skipped, window):
-                prompts = []
-                for _, record in batch:
-                    ids, cut = make_prompt(record)
-                    prompts.append(ids)
-                    counts.truncated_prompts += bool(cut)
-                schemas = [answer_schema(r, input_file, line) for line, r in batch] if constrained else None
-                gens = engine.generate(prompts, schemas, progress=progress)
-                lines = []
-                for (_, record), gen in zip(batch, gens):
-                    try:
-                        json.loads(gen.text)
-                    except ValueError:
-                        counts.invalid_json += 1
-                    counts.cut_off += not gen.finished
-                    counts.new_tokens += gen.num_tokens
-                    record = dict(record)
-                    record["output"] = gen.text  # replaced in place when present: key order kept
-                    lines.append(dumps(record) + "\n")
+                lines = answer_batch(engine, make_prompt, batch, input_file, constrained, counts, progress)
                 f.write("".join(lines))
                 f.flush()
                 os.fsync(f.fileno())
-                counts.generated += len(batch)
     finally:
         progress.close()
     return counts
+
+
+def answer_batch(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], batch: list[tuple[int, dict]],
+                 input_file, constrained: bool, counts: Counts, progress=None) -> list[str]:
+    """The output lines of ``batch`` (``(line, record)`` pairs of ``input_file``), in its order; ``counts``
+    gets what was generated."""
+    prompts = []
+    for _, record in batch:
+        ids, cut = make_prompt(record)
+        prompts.append(ids)
+        counts.truncated_prompts += bool(cut)
+    schemas = [answer_schema(r, input_file, line) for line, r in batch] if constrained else None
+    gens = engine.generate(prompts, schemas, progress=progress)
+    lines = []
+    for (_, record), gen in zip(batch, gens):
+        try:
+            json.loads(gen.text)
+        except ValueError:
+            counts.invalid_json += 1
+        counts.cut_off += not gen.finished
+        counts.new_tokens += gen.num_tokens
+        record = dict(record)
+        record["output"] = gen.text  # replaced in place when present: key order kept
+        lines.append(dumps(record) + "\n")
+    counts.generated += len(batch)
+    return lines

@@ -311,7 +311,7 @@ def test_query_errors_are_one_line(tmp_path, tokenizer, capsys):
     with pytest.raises(SystemExit) as exc:
         query(["--store", str(store), "SELECT WHERE {"])
     err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and err.startswith("SPARQL") and len(err.splitlines()) == 1
+    assert exc.value.code == 2 and err.startswith("error: SPARQL") and len(err.splitlines()) == 1
 
 
 # ---- the HTML report ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..utils import UsageError
+from .grammar import SPAN_TEXT, answer_grammar
 
 EXTRA = "pip install 'instructkgc[constrained]'"
 _CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order outside strings
@@ -49,6 +50,8 @@ def require_xgrammar():
 
 class GrammarCache:
     """Tokenizer info, a grammar compiler and compiled grammars (cached by schema) for one model."""
+
+    MAX_GRAMMARS = 512  # grounded grammars are per record: keep the cache bounded
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
         xgr = require_xgrammar()
@@ -116,11 +119,19 @@ class GrammarCache:
         return tokens
 
     def grammar(self, schema: dict):
+        """The compiled grammar of ``schema``; one carrying the record's text (``x-span-text``, grounded
+        decoding) is compiled from :func:`~instructkgc.infer.grammar.answer_grammar`. Grammars are cached
+        by the schema's JSON text (text included), the least recently used dropped beyond ``MAX_GRAMMARS``."""
         key = json.dumps(schema, sort_keys=False, ensure_ascii=False)
-        compiled = self._grammars.get(key)
+        compiled = self._grammars.pop(key, None)
         if compiled is None:
-            compiled = self.compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
-            self._grammars[key] = compiled
+            if SPAN_TEXT in schema:
+                compiled = self.compiler.compile_grammar(answer_grammar(schema))
+            else:
+                compiled = self.compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+            if len(self._grammars) >= self.MAX_GRAMMARS:
+                del self._grammars[next(iter(self._grammars))]
+        self._grammars[key] = compiled  # (re)inserted last: the most recently used
         return compiled
 
     def matcher(self, schema: dict):

@@ -99,7 +99,7 @@ def strings_in_text(pred_file: Path) -> tuple[int, int]:
                 stack.extend(v)
             elif isinstance(v, str) and v != "NAN":
                 total += 1
-                found += v in text
+                found += bool(v) and v in text  # the empty string is no span
     return found, total
 
 

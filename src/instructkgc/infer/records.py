@@ -66,9 +66,9 @@ def answer_schema(record: dict, path=None, line: Optional[int] = None, grounded:
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(path, line, f"--constrained_decoding: schema does not fit task {task.name}: "
                                      f"{err}") from None
-    if grounded:
-        from .grammar import SPAN_TEXT
+    from .grammar import SPAN_TEXT, has_spans
 
+    if grounded and has_spans(schema):  # (KG has none: its grammar stays one per schema, not per record)
         if not isinstance(instruction.get("input"), str):
             raise InputError(path, line, "--grounded_decoding: 'instruction' has no 'input' string")
         schema[SPAN_TEXT] = instruction["input"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: demo demo-quick test install bench clean
+.PHONY: demo demo-quick test install bench benchmark clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ demo: $(VENV)/.installed-demo
 
 demo-quick: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m instructkgc.demo --quick $(DEMO_ARGS)
+
+# Quality on the public benchmark sets (README "Quality on public benchmarks"); one set:
+#   make benchmark BENCH_SETS=conll04:RE BENCH_ARGS="--limit 50 --budget_minutes 5"
+BENCHMARKS ?= ../shared/benchmarks
+BENCH_SETS ?= crossner_politics:NER crossner_science:NER conll04:RE phee:EE
+benchmark: $(VENV)/.installed-demo
+	@for s in $(BENCH_SETS); do \
+		HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m instructkgc.benchmark --dataset $(BENCHMARKS)/$${s%%:*} \
+			--task $${s##*:} $(if $(MODEL),--model $(MODEL)) $(BENCH_ARGS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

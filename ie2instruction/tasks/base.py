@@ -313,6 +313,9 @@ def array_of(item: dict) -> dict:
 
 
 STRING = {"type": "string"}
+SPAN_KEY = "x-span"  # answer-schema keyword: the string names a span of the input (grounded decoding)
+SPAN = {"type": "string", SPAN_KEY: True}
+SPAN_OR_NAN = {"anyOf": [SPAN, {"const": NAN}]}
 
 
 class LabelTask(Task):

@@ -4,7 +4,7 @@ Answer: ``{event_type: [{"trigger": t, "arguments": {role: value | [values] | "N
 """
 from __future__ import annotations
 
-from .base import NAN, STRING, Schema, Task, _unique, array_of, object_schema
+from .base import NAN, SPAN, SPAN_OR_NAN, Schema, Task, _unique, array_of, object_schema
 from ..io import LabelError
 from .items import Event
 
@@ -158,8 +158,8 @@ class EE(Task):
     def answer_schema(self, schema_chunk):
         props = {}
         for item in schema_chunk:
-            value = {"anyOf": [STRING, array_of(STRING)]}
-            event = {"trigger": STRING} if item.get("trigger", True) else {}
+            value = {"anyOf": [SPAN_OR_NAN, array_of(SPAN)]}
+            event = {"trigger": SPAN_OR_NAN} if item.get("trigger", True) else {}
             event["arguments"] = object_schema({r: value for r in item["arguments"]})
             props[item["event_type"]] = array_of(object_schema(event))
         return object_schema(props)

@@ -1,7 +1,7 @@
 """EET: event types and their trigger words. Answer: ``{event_type: [trigger, ...]}``."""
 from __future__ import annotations
 
-from .base import NAN, STRING, LabelTask, array_of, group, object_schema, str_list
+from .base import NAN, SPAN, LabelTask, array_of, group, object_schema, str_list
 from .items import Event
 
 
@@ -35,7 +35,7 @@ class EET(LabelTask):
         return item[1]
 
     def answer_schema(self, schema_chunk):
-        return object_schema({t: array_of(STRING) for t in schema_chunk})
+        return object_schema({t: array_of(SPAN) for t in schema_chunk})
 
     def make_items(self, tuples, locate):
         return [Event(etype, None if trigger in ("", NAN) else locate(trigger, etype, None))

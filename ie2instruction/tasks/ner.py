@@ -1,7 +1,7 @@
 """NER: entities typed by a schema of entity types. Answer: ``{type: [entity, ...]}``."""
 from __future__ import annotations
 
-from .base import STRING, LabelTask, array_of, dedup_by, group, object_schema, str_list
+from .base import SPAN, LabelTask, array_of, dedup_by, group, object_schema, str_list
 from .items import Entity
 
 
@@ -38,7 +38,7 @@ class NER(LabelTask):
         return item[1]
 
     def answer_schema(self, schema_chunk):
-        return object_schema({t: array_of(STRING) for t in schema_chunk})
+        return object_schema({t: array_of(SPAN) for t in schema_chunk})
 
     def make_items(self, tuples, locate):
         return [Entity(locate(entity, etype, None)) for entity, etype in tuples]

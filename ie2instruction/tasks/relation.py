@@ -1,7 +1,7 @@
 """RE: relation triples for a schema of relation names. Answer: ``{relation: [{"head", "tail"}, ...]}``."""
 from __future__ import annotations
 
-from .base import STRING, LabelTask, array_of, dedup_by, group, object_schema
+from .base import SPAN, LabelTask, array_of, dedup_by, group, object_schema
 from .items import Relation
 
 
@@ -47,7 +47,7 @@ class RE(LabelTask):
         return item[1]
 
     def answer_schema(self, schema_chunk):
-        pair = object_schema({"head": STRING, "tail": STRING})
+        pair = object_schema({"head": SPAN, "tail": SPAN})
         return object_schema({r: array_of(pair) for r in schema_chunk})
 
     def make_items(self, tuples, locate):

@@ -6,7 +6,7 @@ would overwrite each other's answers), so each answer key maps back to exactly o
 """
 from __future__ import annotations
 
-from .base import STRING, LabelTask, Schema, array_of, dedup_by, group, object_schema
+from .base import SPAN, LabelTask, Schema, array_of, dedup_by, group, object_schema
 from .items import Relation
 from .relation import RE
 
@@ -109,7 +109,7 @@ class SPO(LabelTask):
         return f"{item[0]}_{item[2]}_{item[3]}"
 
     def answer_schema(self, schema_chunk):
-        pair = object_schema({"subject": STRING, "object": STRING})
+        pair = object_schema({"subject": SPAN, "object": SPAN})
         return object_schema({item["predicate"]: array_of(pair) for item in schema_chunk})
 
     def make_items(self, tuples, locate):

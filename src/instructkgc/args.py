@@ -123,6 +123,9 @@ class InferArguments(RayArguments):  # --ray, --num_workers, --gpus_per_worker: 
     resume: bool = field(default=False, metadata={"help": "Skip records already in output_file."})
     backend: Literal["hf", "vllm"] = field(default="hf")
     constrained_decoding: bool = field(default=False, metadata={"help": "JSON-schema constrained decoding."})
+    grounded_decoding: bool = field(default=True, metadata={
+        "help": "With --constrained_decoding: entities, heads/tails, triggers and arguments can only be spans "
+                "of the record's input text."})
     tensor_parallel_size: int = field(default=1)
 
 

@@ -4,7 +4,7 @@ The driver reads and checks the whole input first (bad input fails before Ray st
 messages) and hands the items still to do to Ray Data, in blocks of a fixed size. An actor pool of
 ``--num_workers`` engines, each given ``--gpus_per_worker`` GPUs (or one CPU and one torch thread), runs every
 block through the single-process code: prompts (``template.build_prompt_ids`` / the extractor's windows), the
-engine from ``inference.build_engine`` (same stop ids, grammars and closing behaviour), then the answer lines
+engine from ``infer.build_engine`` (same stop ids, grammars and closing behaviour), then the answer lines
 (``infer.records.answer_batch``) or the parsed, grounded and merged documents (``extract.pipeline.Extractor``).
 
 The driver appends each finished item to a shard file beside the output (``OUTPUT.parts/``, one file per run,
@@ -137,7 +137,7 @@ class InferJob(Job):
         return max(64, 8 * self.infer_args.batch_size)  # the single-process window
 
     def load(self):
-        from .inference import build_engine
+        from .infer import build_engine
 
         return build_engine(self.model_args, self.data_args, self.finetuning_args, self.generating_args,
                             self.infer_args)
@@ -150,7 +150,8 @@ class InferJob(Job):
         counts = Counts()
         lines = answer_batch(engine, lambda r: build_prompt_ids(template, tokenizer, r, self.data_args.cutoff_len),
                              [(item["line"], item["record"]) for item in items], self.infer_args.input_file,
-                             self.infer_args.constrained_decoding, counts)
+                             self.infer_args.constrained_decoding, counts,
+                             grounded=self.infer_args.grounded_decoding)
         return counts.as_dict(), lines
 
     def close(self, state):
@@ -385,7 +386,7 @@ def inference_items(infer_args) -> list[tuple[str, dict]]:
     out = []
     for line, record in read_records(infer_args.input_file):
         if infer_args.constrained_decoding:
-            answer_schema(record, infer_args.input_file, line)
+            answer_schema(record, infer_args.input_file, line, infer_args.grounded_decoding)
         out.append((f"{infer_args.input_file}:{line}", {"line": line, "record": record}))
     return out
 

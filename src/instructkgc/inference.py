@@ -59,7 +59,8 @@ def run(argv=None):
         counts = predict_file(
             engine, lambda record: build_prompt_ids(template, tokenizer, record, data_args.cutoff_len),
             infer_args.input_file, infer_args.output_file, resume=infer_args.resume,
-            constrained=infer_args.constrained_decoding, window=window)
+            constrained=infer_args.constrained_decoding, window=window,
+            grounded=infer_args.grounded_decoding)
     finally:
         engine.close()
     report(counts, infer_args.output_file)

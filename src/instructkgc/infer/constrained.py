@@ -21,12 +21,11 @@ import torch
 from transformers import LogitsProcessor
 
 from ..utils import UsageError
+from .grammar import JSON_GRAMMAR_OPTIONS, SPAN_TEXT, answer_grammar
 
 EXTRA = "pip install 'instructkgc[constrained]'"
 _CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order outside strings
 _CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuation bytes
-# How a JSON Schema becomes a grammar, for both engines: json.dumps spacing, no extra properties.
-JSON_GRAMMAR_OPTIONS = {"any_whitespace": False, "strict_mode": True}
 
 
 def _after_string(matcher) -> bool:
@@ -51,14 +50,16 @@ def require_xgrammar():
 
 def schema_ebnf(schema: dict) -> str:
     """The answer grammar of ``schema`` as EBNF text: what the vLLM engine sends
-    (``StructuredOutputsParams(grammar=...)``), the grammar :class:`GrammarCache` compiles for the HF engine."""
-    xgr = require_xgrammar()
-    text = json.dumps(schema, sort_keys=False, ensure_ascii=False)
-    return str(xgr.Grammar.from_json_schema(text, **JSON_GRAMMAR_OPTIONS))
+    (``StructuredOutputsParams(grammar=...)``); the HF engine compiles the same grammar (:class:`GrammarCache`).
+    A schema carrying the record's text (grounded decoding) gives the span-grounded grammar."""
+    require_xgrammar()
+    return answer_grammar(schema)
 
 
 class GrammarCache:
     """Tokenizer info, a grammar compiler and compiled grammars (cached by schema) for one model."""
+
+    MAX_GRAMMARS = 512  # grounded grammars are per record: keep the cache bounded
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
         xgr = require_xgrammar()
@@ -126,11 +127,19 @@ class GrammarCache:
         return tokens
 
     def grammar(self, schema: dict):
+        """The compiled grammar of ``schema``; one carrying the record's text (``x-span-text``, grounded
+        decoding) is compiled from :func:`~instructkgc.infer.grammar.answer_grammar`. Grammars are cached
+        by the schema's JSON text (text included), the least recently used dropped beyond ``MAX_GRAMMARS``."""
         key = json.dumps(schema, sort_keys=False, ensure_ascii=False)
-        compiled = self._grammars.get(key)
+        compiled = self._grammars.pop(key, None)
         if compiled is None:
-            compiled = self.compiler.compile_json_schema(key, **JSON_GRAMMAR_OPTIONS)
-            self._grammars[key] = compiled
+            if SPAN_TEXT in schema:
+                compiled = self.compiler.compile_grammar(answer_grammar(schema))
+            else:
+                compiled = self.compiler.compile_json_schema(key, **JSON_GRAMMAR_OPTIONS)
+            if len(self._grammars) >= self.MAX_GRAMMARS:
+                del self._grammars[next(iter(self._grammars))]
+        self._grammars[key] = compiled  # (re)inserted last: the most recently used
         return compiled
 
     def matcher(self, schema: dict):

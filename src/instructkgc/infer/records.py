@@ -65,12 +65,14 @@ def check_files(input_file, output_file, resume: bool, input_flag: str = "--inpu
     return n
 
 
-def answer_schema(record: dict, path=None, line: Optional[int] = None) -> dict:
-    """JSON Schema of the expected answer of one converted record (its ``task`` and schema chunk)."""
+def answer_schema(record: dict, path=None, line: Optional[int] = None, grounded: bool = False) -> dict:
+    """JSON Schema of the expected answer of one converted record (its ``task`` and schema chunk); with
+    ``grounded``, carrying the record's input text so that extractive strings must be spans of it."""
     from ie2instruction.tasks import get_task
 
     try:
-        chunk = json.loads(record["instruction"])["schema"]
+        instruction = json.loads(record["instruction"])
+        chunk = instruction["schema"]
     except (ValueError, KeyError, TypeError):
         raise InputError(path, line, "--constrained_decoding: 'instruction' is not a JSON object with a "
                                      "'schema'") from None
@@ -80,10 +82,17 @@ def answer_schema(record: dict, path=None, line: Optional[int] = None) -> dict:
         raise InputError(path, line, f"--constrained_decoding: unknown or missing 'task' "
                                      f"{record.get('task')!r}") from None
     try:
-        return task.answer_schema(chunk)
+        schema = task.answer_schema(chunk)
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(path, line, f"--constrained_decoding: schema does not fit task {task.name}: "
                                      f"{err}") from None
+    from .grammar import SPAN_TEXT, has_spans
+
+    if grounded and has_spans(schema):  # (KG has none: its grammar stays one per schema, not per record)
+        if not isinstance(instruction.get("input"), str):
+            raise InputError(path, line, "--grounded_decoding: 'instruction' has no 'input' string")
+        schema[SPAN_TEXT] = instruction["input"]
+    return schema
 
 
 def resume_point(output_file, input_file) -> int:
@@ -183,22 +192,25 @@ def _output(out: Path, resume: bool):
 
 
 def predict_file(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], input_file, output_file,
-                 resume: bool = False, constrained: bool = False, window: int = 256) -> Counts:
+                 resume: bool = False, constrained: bool = False, window: int = 256,
+                 grounded: bool = False) -> Counts:
     """Answer every record of ``input_file`` into ``output_file`` with ``engine``.
 
-    ``make_prompt(record) -> (ids, truncated)`` tokenises one record (the template's prompt).
+    ``make_prompt(record) -> (ids, truncated)`` tokenises one record (the template's prompt). ``grounded``
+    (with ``constrained``): extractive strings can only be spans of each record's input.
     """
     counts = Counts(records=check_input(input_file))
     if constrained:  # every schema must be buildable before anything is written
         for line, record in read_records(input_file):
-            answer_schema(record, input_file, line)
+            answer_schema(record, input_file, line, grounded)
     out = Path(output_file)
     counts.skipped = resume_point(out, input_file) if resume else 0
     progress = _Progress(counts.records, counts.skipped)
     try:
         with _output(out, resume) as f:
             for batch in _windows(input_file, counts.skipped, window):
-                lines = answer_batch(engine, make_prompt, batch, input_file, constrained, counts, progress)
+                lines = answer_batch(engine, make_prompt, batch, input_file, constrained, counts, progress,
+                                     grounded)
                 f.write("".join(lines))
                 f.flush()
                 os.fsync(f.fileno())
@@ -208,15 +220,15 @@ def predict_file(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], 
 
 
 def answer_batch(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], batch: list[tuple[int, dict]],
-                 input_file, constrained: bool, counts: Counts, progress=None) -> list[str]:
+                 input_file, constrained: bool, counts: Counts, progress=None, grounded: bool = False) -> list[str]:
     """The output lines of ``batch`` (``(line, record)`` pairs of ``input_file``), in its order; ``counts``
-    gets what was generated."""
+    gets what was generated. ``grounded``: see :func:`predict_file`."""
     prompts = []
     for _, record in batch:
         ids, cut = make_prompt(record)
         prompts.append(ids)
         counts.truncated_prompts += bool(cut)
-    schemas = [answer_schema(r, input_file, line) for line, r in batch] if constrained else None
+    schemas = [answer_schema(r, input_file, line, grounded) for line, r in batch] if constrained else None
     gens = engine.generate(prompts, schemas, progress=progress)
     lines = []
     for (_, record), gen in zip(batch, gens):

@@ -1,0 +1,109 @@
+"""``python -m instructkgc.benchmark`` on a tiny slice with the tiny random model: every step runs, the table and
+summary hold one row per stage and grounding setting, grounded answers only name spans of the input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from instructkgc.benchmark import reorder_schema, strings_in_text
+
+pytest.importorskip("xgrammar")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("INSTRUCTKGC_BENCHMARKS", REPO.parent / "shared" / "benchmarks"))
+
+
+def _run(args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    return subprocess.run([sys.executable, "-m", "instructkgc.benchmark", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+
+
+def _dataset(tmp_path, task="RE"):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    sample = (REPO / "data" / task / "sample_en.json").read_text(encoding="utf-8")
+    (folder / "train.json").write_text(sample, encoding="utf-8")
+    (folder / "test.json").write_text(sample, encoding="utf-8")
+    (folder / "schema.json").write_text((REPO / "data" / task / "schema_en.json").read_text(encoding="utf-8"),
+                                        encoding="utf-8")
+    return folder
+
+
+def test_benchmark_path_on_a_tiny_slice(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    res = _run(["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
+                "--limit", 2, "--dev_size", 2, "--max_steps", 1, "--max_new_tokens", 40, "--out", out])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert set(summary["results"]) == {"zero-shot", "fine-tuned"}
+    for stage in summary["results"].values():
+        assert set(stage) == {"on", "off"}
+        for row in stage.values():
+            assert len(row["orders"]) == 3 and row["errors"] == 0  # constrained: every answer parses
+            assert 0 <= row["F1"][0] <= 100 and row["F1"][1] >= 0
+        on = stage["on"]
+        assert on["strings_in_text"] == on["strings"]  # grounded: every string is in its text
+    assert summary["texts"] == 2 and summary["training"]["steps"] == 1
+    # the 3 schema orders are different instructions for the same texts
+    instructions = [json.loads(line)["instruction"] for line in
+                    (out / "instructions" / "test_all_orders.json").read_text(encoding="utf-8").splitlines()]
+    n = summary["instructions_per_order"]
+    assert len(instructions) == 3 * n and len(set(instructions)) > n
+    # the dev split is held out of the training data
+    dev = (out / "data" / "dev.json").read_text(encoding="utf-8").splitlines()
+    train = (out / "data" / "train.json").read_text(encoding="utf-8").splitlines()
+    assert len(dev) == 2 and not set(dev) & set(train)
+    table = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| zero-shot | on |" in table and "| fine-tuned | off |" in table and table in res.stdout
+
+
+def test_missing_dataset_file_is_one_line_and_status_2(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    res = _run(["--dataset", folder, "--task", "NER", "--out", tmp_path / "o"])
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"{folder / 'train.json'}: missing (a dataset folder holds "
+                                               "train.json, test.json, schema.json)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_schema_orders_keep_every_item():
+    import random
+
+    schema = [{"event_type": "e", "trigger": True, "arguments": ["a", "b", "c", "d"]},
+              {"event_type": "f", "trigger": True, "arguments": ["x", "y"]}]
+    record = {"id": "1", "source": "s", "instruction": json.dumps({"instruction": "i", "schema": schema, "input": "t"})}
+    orders = [reorder_schema(record, random.Random(seed), f"order{seed}") for seed in (1, 2, 3, 4)]
+    for seed, r in zip((1, 2, 3, 4), orders):
+        got = json.loads(r["instruction"])
+        assert r["source"] == f"order{seed}" and got["input"] == "t"
+        assert sorted(json.dumps({**i, "arguments": sorted(i["arguments"])}) for i in got["schema"]) == \
+            sorted(json.dumps(i) for i in schema)
+    assert len({r["instruction"] for r in orders}) > 1
+
+
+def test_strings_in_text(tmp_path):
+    pred = tmp_path / "p.json"
+    rows = [{"instruction": json.dumps({"input": "Alice met Bob"}), "output": json.dumps(
+        {"met": [{"head": "Alice", "tail": "Bobby"}, {"head": "", "tail": "Bob"}], "x": "NAN"})},
+            {"instruction": json.dumps({"input": "t"}), "output": "not json"}]
+    pred.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    assert strings_in_text(pred) == (2, 4)  # NAN is no string of the text; the empty string is no span
+
+
+@pytest.mark.skipif(not (SHARED / "conll04" / "test.json").is_file(),
+                    reason=f"{SHARED}/conll04 is not here (the public benchmark sets live outside the repository; "
+                           "INSTRUCTKGC_BENCHMARKS=DIR points elsewhere)")
+def test_real_benchmark_folder_zero_shot(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    res = _run(["--dataset", SHARED / "conll04", "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
+                "--limit", 1, "--budget_minutes", 0, "--grounded", "on", "--max_new_tokens", 32, "--out", out])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert list(summary["results"]) == ["zero-shot"] and summary["training"] is None
+    row = summary["results"]["zero-shot"]["on"]
+    assert row["strings_in_text"] == row["strings"]

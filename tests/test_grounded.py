@@ -1,0 +1,152 @@
+"""Span-grounded decoding: the grammar accepts exactly the spans of the input (quotes, backslashes, control
+characters and non-ASCII text included); a model that writes non-spans without grounding cannot with it."""
+import json
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ie2instruction.tasks import get_task
+from instructkgc.infer import SamplingSettings
+from instructkgc.infer.grammar import SPAN_TEXT, answer_grammar, is_span, span_units
+from instructkgc.infer.hf_engine import HFEngine
+from instructkgc.infer.records import answer_schema
+from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer, stop_token_ids
+
+xgr = pytest.importorskip("xgrammar")
+
+NER = get_task("NER").answer_schema(["a", "b"])
+TEXTS = st.text(alphabet=st.sampled_from(list('ab c"\\\n\t\u00e9\u4e2d\u6587,.\x01/') + ["\U0001f600"]),
+                min_size=0, max_size=40)
+
+
+@pytest.fixture(scope="module")
+def compiler():
+    return xgr.GrammarCompiler(xgr.TokenizerInfo([]))
+
+
+def matcher(compiler, schema, text):
+    return xgr.GrammarMatcher(compiler.compile_grammar(answer_grammar(schema, text)))
+
+
+def accepts(compiler, schema, text, answer: str) -> bool:
+    m = matcher(compiler, schema, text)
+    return m.accept_string(answer.encode("utf-8")) and m.is_completed()
+
+
+def random_answer(compiler, schema, text, rng: random.Random, steps=400) -> str:
+    """A random walk through the grammar, one character at a time, among the characters it allows."""
+    alphabet = sorted(set(json.dumps(text, ensure_ascii=False)) | set('"[]{}, :NA'))
+    m, out = matcher(compiler, schema, text), []
+    for _ in range(steps):
+        if m.is_completed() and rng.random() < 0.3:
+            break
+        allowed = [c for c in alphabet if m.fork().accept_string(c.encode("utf-8"))]
+        if not allowed:
+            break
+        c = rng.choice(allowed)
+        assert m.accept_string(c.encode("utf-8"))
+        out.append(c)
+    if not m.is_completed():  # finish the shortest way: close strings and containers
+        for c in '"]}':
+            while m.fork().accept_string(c.encode()) and not m.is_completed():
+                m.accept_string(c.encode())
+                out.append(c)
+    return "".join(out) if m.is_completed() else ""
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS, seed=st.integers(0, 2**16))
+def test_every_accepted_string_is_a_span(compiler, text, seed):
+    rng = random.Random(seed)
+    for _ in range(3):
+        answer = random_answer(compiler, NER, text, rng)
+        if not answer:
+            continue
+        parsed = json.loads(answer)
+        for value in parsed["a"] + parsed["b"]:
+            assert value in text and is_span(value, text), (text, answer)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS, data=st.data())
+def test_every_span_is_accepted_and_nothing_else(compiler, text, data):
+    units = span_units(text)
+    assert "".join(units) == text
+    words = [i for i, u in enumerate(units) if not u.isspace()]
+    if words:
+        i = data.draw(st.sampled_from(words))
+        j = data.draw(st.sampled_from([k for k in words if k >= i]))
+        span = "".join(units[i:j + 1])
+        assert accepts(compiler, NER, text, json.dumps({"a": [span], "b": []}, ensure_ascii=False))
+        assert not accepts(compiler, NER, text, json.dumps({"a": [span + "\u00a7"], "b": []}, ensure_ascii=False))
+        # the same value written with \u escapes is not the canonical json.dumps form
+        if any(ord(c) > 127 for c in span):
+            assert not accepts(compiler, NER, text, json.dumps({"a": [span], "b": []}))
+    assert not accepts(compiler, NER, text, '{"a": ["' + "zz" * 21 + '"], "b": []}')
+    assert accepts(compiler, NER, text, '{"a": [], "b": []}')
+
+
+def test_spans_stop_at_unit_boundaries(compiler):
+    text = 'Obama, who met "Merkel" in 北京.'
+    ok = ["Obama", "Obama, who", '"Merkel"', "Merkel", "北京", "京", "in 北京."]
+    bad = ["bama", "Obama ", " who", "Merkel in", "Obamas", ""]
+    for value in ok:
+        assert is_span(value, text)
+        assert accepts(compiler, NER, text, json.dumps({"a": [value], "b": []}, ensure_ascii=False)), value
+    for value in bad:
+        assert not is_span(value, text)
+        assert not accepts(compiler, NER, text, json.dumps({"a": [value], "b": []}, ensure_ascii=False)), value
+
+
+def test_fixed_and_free_parts_are_kept(compiler):
+    text = "Aspirin caused a rash"
+    ee = get_task("EE").answer_schema([{"event_type": "adverse event", "arguments": ["drug", "effect"]}])
+    good = {"adverse event": [{"trigger": "caused", "arguments": {"drug": "Aspirin", "effect": ["a rash", "rash"]}}]}
+    assert accepts(compiler, ee, text, json.dumps(good))
+    assert accepts(compiler, ee, text, json.dumps({"adverse event": [
+        {"trigger": "NAN", "arguments": {"drug": "NAN", "effect": "rash"}}]}))
+    assert not accepts(compiler, ee, text, json.dumps({"adverse event": [
+        {"trigger": "causes", "arguments": {"drug": "Aspirin", "effect": "rash"}}]}))
+    # KG attribute values are not spans: the grammar is xgrammar's JSON-schema grammar, free strings allowed
+    kg = get_task("KG").answer_schema([{"entity_type": "person", "attributes": ["born"]}])
+    assert accepts(compiler, kg, text, json.dumps({"person": {"Nobody": {"born": "1900"}}}))
+    # grounded off: the plain JSON-schema grammar
+    ner = xgr.GrammarMatcher(compiler.compile_grammar(answer_grammar(NER, text, grounded=False)))
+    assert ner.accept_string(b'{"a": ["anything"], "b": []}') and ner.is_completed()
+
+
+def test_a_model_that_writes_non_spans_cannot(tiny_model_dir, tmp_path):
+    """The random tiny model writes strings that are not in the input; grounded, every string is a span."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    template = get_template_and_fix_tokenizer("llama2", tok)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    texts = ["Marie Curie worked in Paris with Pierre .", 'He said "no" to the \\ company Acme in 2019 .']
+    records = [{"task": "NER", "instruction": json.dumps(
+        {"instruction": "extract", "schema": ["person", "location", "organization"], "input": t})} for t in texts]
+    prompts = [build_prompt_ids(template, tok, r, 256)[0] for r in records]
+    engine = HFEngine(model, tok, stop_token_ids(template, tok), SamplingSettings(max_new_tokens=60),
+                      batch_size=2, constrained=True)
+
+    def strings(grounded):
+        gens = engine.generate(prompts, [answer_schema(r, grounded=grounded) for r in records])
+        out = []
+        for text, gen in zip(texts, gens):
+            assert gen.finished, gen.text
+            out += [(text, v) for values in json.loads(gen.text).values() for v in values]
+        return out
+
+    free = strings(False)
+    assert any(not is_span(v, t) for t, v in free), free  # the model does write non-spans
+    grounded = strings(True)
+    assert grounded, "the grounded answers name nothing: the test would prove nothing"
+    assert all(v in t and is_span(v, t) for t, v in grounded), grounded
+
+
+def test_grounded_schema_carries_the_input():
+    record = {"task": "RE", "instruction": json.dumps({"instruction": "x", "schema": ["r"], "input": "A B"})}
+    assert answer_schema(record, grounded=True)[SPAN_TEXT] == "A B"
+    assert SPAN_TEXT not in answer_schema(record)

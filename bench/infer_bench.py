@@ -60,9 +60,9 @@ def model_dir(name: str | None, tmp: str) -> str:
     return name
 
 
-def peak_gflops(size: int = 2048, repeats: int = 4) -> float:
-    """Best fp32 matmul rate of this machine right now (same threads as the runs)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def peak_gflops(size: int = 2048, repeats: int = 4, dtype=torch.float32) -> float:
+    """Best matmul rate of this machine right now (same threads as the runs)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -130,7 +130,8 @@ def main(argv=None) -> None:
           f"{'on' if schemas else 'off'}, {torch.get_num_threads()} threads")
     counter = FlopCounter(model)
     peak = peak_gflops()
-    print(f"peak: {peak:.1f} GFLOP/s (fp32 2048x2048 matmul)")
+    print(f"peak: {peak:.1f} GFLOP/s (fp32 2048x2048 matmul); bf16 {peak_gflops(512, 1, torch.bfloat16):.1f} vs "
+          f"fp32 {peak_gflops(512, 1):.1f} GFLOP/s at 512x512")
 
     def engine(**options):
         return HFEngine(model, tok, stops, settings, constrained=schemas is not None, **options)

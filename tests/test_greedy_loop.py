@@ -45,9 +45,20 @@ def engine(tiny, batch_size, max_new_tokens, constrained=False, **options):
 @pytest.fixture(scope="module")
 def ner(tiny, tmp_path_factory):
     _, tok, template = tiny
-    records = converted("NER", tmp_path_factory.mktemp("ner"))[:10]
+    records = converted("NER", tmp_path_factory.mktemp("ner"))[:7]
     prompts = [build_prompt_ids(template, tok, r, 512)[0] for r in records]
     return prompts, [answer_schema(r) for r in records]
+
+
+@pytest.fixture(scope="module")
+def single_free(tiny, ner):
+    return engine(tiny, 1, 20, continuous=False).generate(ner[0])
+
+
+@pytest.fixture(scope="module")
+def single_constrained(tiny, ner):
+    pytest.importorskip("xgrammar")
+    return engine(tiny, 1, 40, constrained=True, continuous=False).generate(*ner)
 
 
 def same(a, b):
@@ -57,27 +68,22 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("options", [{}, {"prefix_reuse": False}])
-def test_free_decoding_equals_one_at_a_time(tiny, ner, options):
-    prompts, _ = ner
-    single = engine(tiny, 1, 20, continuous=False).generate(prompts)
+def test_free_decoding_equals_one_at_a_time(tiny, ner, single_free, options):
     fast = engine(tiny, 3, 20, **options)
-    same(fast.generate(prompts), single)
+    same(fast.generate(ner[0]), single_free)
     assert fast.loop is not None and fast.loop.stats.decode_passes > 0
     if not options:
         assert fast.loop.stats.reused_tokens > 0  # the shared prefix really was reused
 
 
 @pytest.mark.parametrize("options", [{}, {"jump_forward": False}, {"prefix_reuse": False}])
-def test_constrained_decoding_equals_one_at_a_time(tiny, ner, options):
-    pytest.importorskip("xgrammar")
-    prompts, schemas = ner
-    single = engine(tiny, 1, 48, constrained=True, continuous=False).generate(prompts, schemas)
-    fast = engine(tiny, 4, 48, constrained=True, **options)
-    same(fast.generate(prompts, schemas), single)
+def test_constrained_decoding_equals_one_at_a_time(tiny, ner, single_constrained, options):
+    fast = engine(tiny, 3, 40, constrained=True, **options)
+    same(fast.generate(*ner), single_constrained)
     stats = fast.loop.stats
     if options.get("jump_forward", True):
         assert stats.forced_tokens > 0  # keys and separators came without a pass of their own
-        assert stats.decode_passes + len(prompts) < stats.new_tokens
+        assert stats.decode_passes + len(ner[0]) < stats.new_tokens
     else:
         assert stats.forced_tokens == 0
 
@@ -85,8 +91,7 @@ def test_constrained_decoding_equals_one_at_a_time(tiny, ner, options):
 def test_mixed_rows_and_tight_budget(tiny, ner):
     """Constrained and free rows in one batch; a budget that makes the closing policy act."""
     pytest.importorskip("xgrammar")
-    prompts, schemas = ner
-    schemas = [s if k % 2 else None for k, s in enumerate(schemas)]
+    prompts, schemas = ner[0][:4], [s if k % 2 else None for k, s in enumerate(ner[1][:4])]
     single = engine(tiny, 1, 24, constrained=True, continuous=False).generate(prompts, schemas)
     same(engine(tiny, 3, 24, constrained=True).generate(prompts, schemas), single)
 

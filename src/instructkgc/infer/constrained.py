@@ -120,7 +120,7 @@ class GrammarCache:
         """The tokenizer's encoding of ``text`` when it spells exactly ``text`` and ``matcher`` accepts it."""
         tokens = self.tokenizer.encode(text, add_special_tokens=False)
         vocab = self.info.decoded_vocab
-        if b"".join(bytes(vocab[t]) for t in tokens if t < self.vocab_size) != text.encode("utf-8"):
+        if any(t >= self.vocab_size for t in tokens) or b"".join(bytes(vocab[t]) for t in tokens) != text.encode():
             return None
         sim = matcher.fork()
         return tokens if all(sim.accept_token(t) for t in tokens) else None
@@ -226,11 +226,6 @@ class JsonSchemaProcessor(LogitsProcessor):
         self.prompt_len = prompt_len
         self.pad_token_id = pad_token_id
         self.bitmask = cache.xgr.allocate_token_bitmask(len(schemas), cache.vocab_size)
-
-    @property
-    def forced(self) -> int:
-        """Tokens chosen by the closing policy so far."""
-        return sum(self.grammars[i].forced for i in self.rows)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_len

@@ -18,10 +18,11 @@ class HFEngine(Engine):
     continuous batching, shared-prefix reuse and (with ``constrained``) jump-forward decoding, each of which
     ``continuous`` / ``prefix_reuse`` / ``jump_forward`` can turn off. Answers are the plain greedy answers.
 
-    Otherwise (or with ``continuous=False``) prompts are sorted by length (longest first, so memory problems show up at once) and cut into batches of
-    ``batch_size``; each batch is left-padded, with the attention mask telling the model which positions are
-    padding (position ids follow from it), so greedy answers equal one-prompt-at-a-time answers. Generation
-    stops at any of ``stop_token_ids`` (the template's stop words plus eos).
+    Otherwise (or with ``continuous=False``) prompts are sorted by length (longest first, so memory problems show
+    up at once) and cut into batches of ``batch_size`` for ``generate``; each batch is left-padded, with the
+    attention mask telling the model which positions are padding (position ids follow from it), so greedy answers
+    equal one-prompt-at-a-time answers. Generation stops at any of ``stop_token_ids`` (the template's stop words
+    plus eos).
     """
 
     def __init__(self, model, tokenizer, stop_token_ids: Sequence[int], settings: SamplingSettings,

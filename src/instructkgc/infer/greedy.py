@@ -39,7 +39,6 @@ class DecodeStats:
     forced_tokens: int = 0  # of those, proposed by the grammar and confirmed without a pass of their own
     prefill_tokens: int = 0  # prompt tokens run through the model
     reused_tokens: int = 0  # prompt tokens taken from a shared prefix's cache instead
-    processed_tokens: int = 0  # token positions the model computed (prefill + decode, padding included)
 
     @property
     def forced_share(self) -> float:
@@ -114,7 +113,6 @@ class GreedyLoop:
         device = self.model.device
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                          use_cache=True, logits_to_keep=logits_to_keep, **{self._cache_arg: cache})
-        self.stats.processed_tokens += ids.numel()
         return out.logits.float(), cache
 
     def _prefill(self, prompt: Sequence[int], start: int, prefix_kv) -> tuple[torch.Tensor, list]:

@@ -1,17 +1,23 @@
-"""Inference benchmark: the original's one-record-at-a-time loop vs the batched engine, same records.
+"""Inference benchmark: one record at a time vs static batches vs the HF engine's greedy loop, same records.
 
     python bench/infer_bench.py                       # tiny random model (built on the fly)
     python bench/infer_bench.py --model smollm2       # SmolLM2-135M-Instruct (make demo caches it)
-    python bench/infer_bench.py --model DIR --constrained_decoding
+    python bench/infer_bench.py --model smollm2 --constrained_decoding
 
-Prints the time of each, checks the greedy outputs are identical, optionally the constrained-decoding
-overhead (time in the grammar processor; new tokens/s, batched, constrained vs free), and last:
-``infer: batched is <X>x faster than one-at-a-time (<k>/<n> identical)``.
+Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
+loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
+greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding with ``--constrained_decoding``).
+For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of the model: 2 x weights x
+token positions computed, padding included, attention left out) as a share of the peak of a large fp32 matmul
+measured in the same run. Then the share of answer tokens forced by the grammar, the time spent choosing tokens
+(grammar masks, closing policy) in the new loop, whether the answers are identical, the load average, and last:
+``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,9 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instructkgc.infer import SamplingSettings
+from instructkgc.infer.greedy import GreedyLoop
 from instructkgc.infer.hf_engine import HFEngine
 from instructkgc.infer.records import answer_schema
 from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer, stop_token_ids
@@ -53,23 +60,44 @@ def model_dir(name: str | None, tmp: str) -> str:
     return name
 
 
-def one_at_a_time(model, tok, stops, prompts, max_new_tokens):
-    """The original loop: batch 1, no padding, greedy."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stops[0])
-    texts = []
-    with torch.inference_mode():
-        for p in prompts:
-            out = model.generate(torch.tensor([p]), generation_config=config)[0, len(p):].tolist()
-            end = next((k for k, t in enumerate(out) if t in stops), len(out))
-            texts.append(tok.decode(out[:end], skip_special_tokens=True))
-    return texts
+def peak_gflops(size: int = 2048, repeats: int = 4, dtype=torch.float32) -> float:
+    """Best matmul rate of this machine right now (same threads as the runs)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+class FlopCounter:
+    """Counts the token positions the model body and the output layer compute (forward hooks)."""
+
+    def __init__(self, model):
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        params = {id(p): p.numel() for p in model.parameters()}
+        tied = head.weight is embed.weight
+        self.body = sum(params.values()) - embed.weight.numel() - (0 if tied else head.weight.numel())
+        self.head = head.weight.numel()
+        self.positions = self.logit_rows = 0
+        model.register_forward_pre_hook(self._count_positions, with_kwargs=True)
+        head.register_forward_pre_hook(self._count_rows)
+
+    def _count_positions(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self.positions += ids.numel()
+
+    def _count_rows(self, module, args):
+        self.logit_rows += args[0].shape[:-1].numel()
+
+    def flops(self) -> float:
+        return 2.0 * (self.body * self.positions + self.head * self.logit_rows)
+
+    def reset(self) -> None:
+        self.positions = self.logit_rows = 0
 
 
 def main(argv=None) -> None:
@@ -81,7 +109,8 @@ def main(argv=None) -> None:
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--constrained_decoding", action="store_true", help="also measure its overhead")
+    parser.add_argument("--constrained_decoding", action="store_true", help="all three runs JSON-constrained")
+    parser.add_argument("--skip_single", action="store_true", help="leave out the (slow) one-at-a-time run")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,55 +122,72 @@ def main(argv=None) -> None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     recs = records(args.task, language, args.records)
     prompts = [build_prompt_ids(template, tok, r, 1024)[0] for r in recs]
+    schemas = [answer_schema(r) for r in recs] if args.constrained_decoding else None
     stops = stop_token_ids(template, tok)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     print(f"model {args.model or 'tiny'}: {len(prompts)} {args.task} records, template {template_name}, "
-          f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {torch.get_num_threads()} threads")
-    engine = HFEngine(model, tok, stops, settings, batch_size=args.batch_size)
-    engine.generate(prompts[:2])  # warm-up
-    single, t_single = timed(lambda: one_at_a_time(model, tok, stops, prompts, args.max_new_tokens))
-    batched, t_batched = timed(lambda: engine.generate(prompts))
-    same = sum(a == b.text for a, b in zip(single, batched))
-    tokens = sum(g.num_tokens for g in batched)
-    print(f"one-at-a-time: {t_single:.2f}s ({len(prompts) / t_single:.2f} rec/s)")
-    print(f"batched:       {t_batched:.2f}s ({len(prompts) / t_batched:.2f} rec/s, {tokens / t_batched:.1f} tok/s)")
-    if args.constrained_decoding:
-        from instructkgc.infer import constrained as grammar
+          f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, constrained decoding "
+          f"{'on' if schemas else 'off'}, {torch.get_num_threads()} threads")
+    counter = FlopCounter(model)
+    peak = peak_gflops()
+    print(f"peak: {peak:.1f} GFLOP/s (fp32 2048x2048 matmul); bf16 {peak_gflops(512, 1, torch.bfloat16):.1f} vs "
+          f"fp32 {peak_gflops(512, 1):.1f} GFLOP/s at 512x512")
 
-        cengine = HFEngine(model, tok, stops, settings, batch_size=args.batch_size, constrained=True)
-        schemas = [answer_schema(r) for r in recs]
-        cengine.generate(prompts[:2], schemas[:2])  # warm-up (grammar compilation is cached)
-        spent = [0.0, 0]  # seconds inside the grammar processor, decoding steps
-        call = grammar.JsonSchemaProcessor.__call__
+    def engine(**options):
+        return HFEngine(model, tok, stops, settings, constrained=schemas is not None, **options)
 
-        def timed_call(self, input_ids, scores):
+    new = engine(batch_size=args.batch_size)
+    runs = [("one-at-a-time", engine(batch_size=1, continuous=False)),
+            ("static batches", engine(batch_size=args.batch_size, continuous=False)), ("new engine", new)]
+    if args.skip_single:
+        runs = runs[1:]
+    for _, e in runs:  # warm-up (and grammar compilation, cached by schema)
+        e.generate(prompts[:2], schemas[:2] if schemas else None)
+    new.loop.stats.__init__()
+    choosing = [0.0]
+    timed_methods = {name: getattr(GreedyLoop, name) for name in ("_choose", "_next_input")}
+
+    def timer(method):
+        def wrapped(*a):
             start = time.perf_counter()
             try:
-                return call(self, input_ids, scores)
+                return method(*a)
             finally:
-                spent[0] += time.perf_counter() - start
-                spent[1] += 1
+                choosing[0] += time.perf_counter() - start
+        return wrapped
 
-        grammar.JsonSchemaProcessor.__call__ = timed_call
-        constrained, t_con = timed(lambda: cengine.generate(prompts, schemas))
-        grammar.JsonSchemaProcessor.__call__ = call
-        ctokens = sum(g.num_tokens for g in constrained)
-        parsed = 0
-        for g in constrained:
-            try:
-                json.loads(g.text)
-                parsed += 1
-            except ValueError:
-                pass
-        free_rate, con_rate = tokens / t_batched, ctokens / t_con
-        print(f"constrained:   {t_con:.2f}s ({len(prompts) / t_con:.2f} rec/s, {con_rate:.1f} tok/s); "
-              f"{parsed}/{len(prompts)} answers parse (free: "
-              f"{sum(1 for g in batched if _parses(g.text))}/{len(prompts)})")
-        # Rows that finish early idle in their batch, so tokens/s also drops with answers of unequal length; the
-        # cost of the constraint itself is the time spent in the grammar processor.
-        print(f"constrained decoding overhead: {100 * spent[0] / (t_con - spent[0]):.1f}% (grammar processor "
-              f"{spent[0]:.2f}s over {spent[1]} decoding steps); tokens/s {100 * (con_rate / free_rate - 1):+.1f}%")
-    print(f"infer: batched is {t_single / t_batched:.1f}x faster than one-at-a-time ({same}/{len(prompts)} identical)")
+    results = {}
+    for name, e in runs:
+        counter.reset()
+        if e is new:
+            for method_name, method in timed_methods.items():
+                setattr(GreedyLoop, method_name, timer(method))
+        start = time.perf_counter()
+        gens = e.generate(prompts, schemas)
+        seconds = time.perf_counter() - start
+        for method_name, method in timed_methods.items():
+            setattr(GreedyLoop, method_name, method)
+        results[name] = (gens, seconds)
+        tokens = sum(g.num_tokens for g in gens)
+        gflops = counter.flops() / seconds / 1e9
+        parsed = sum(_parses(g.text) for g in gens)
+        print(f"{name + ':':16}{seconds:8.2f}s  {len(prompts) / seconds:6.2f} rec/s  {tokens / seconds:7.1f} new tok/s"
+              f"  {gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak)  {parsed}/{len(gens)} parse")
+    stats = new.loop.stats
+    print(f"new engine: {100 * stats.forced_share:.1f}% of {stats.new_tokens} answer tokens forced by the grammar "
+          f"(jump-forward), {stats.decode_passes} decoding passes, {stats.reused_tokens} of "
+          f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
+          f"tokens (grammar, closing policy) {100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
+    reference = results["one-at-a-time" if "one-at-a-time" in results else "static batches"][0]
+    same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
+    print("identical to " + ("one-at-a-time" if "one-at-a-time" in results else "static batches") + ": "
+          + ", ".join(f"{name} {k}/{len(prompts)}" for name, k in same.items()))
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores: {os.cpu_count()})")
+    t_new, t_static = results["new engine"][1], results["static batches"][1]
+    line = f"infer: new engine {t_static / t_new:.2f}x static batches"
+    if "one-at-a-time" in results:
+        line += f", {results['one-at-a-time'][1] / t_new:.1f}x one-at-a-time"
+    print(line + f" ({same['new engine']}/{len(prompts)} identical)")
 
 
 def _parses(text: str) -> bool:

@@ -64,6 +64,7 @@ class GrammarCache:
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
         xgr = require_xgrammar()
         self.xgr = xgr
+        self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.stop_token_ids = list(stop_token_ids)
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
@@ -126,6 +127,15 @@ class GrammarCache:
                 return None
         return tokens
 
+    def encode(self, matcher, text: str) -> Optional[list[int]]:
+        """The tokenizer's encoding of ``text`` when it spells exactly ``text`` and ``matcher`` accepts it."""
+        tokens = self.tokenizer.encode(text, add_special_tokens=False)
+        vocab = self.info.decoded_vocab
+        if any(t >= self.vocab_size for t in tokens) or b"".join(bytes(vocab[t]) for t in tokens) != text.encode():
+            return None
+        sim = matcher.fork()
+        return tokens if all(sim.accept_token(t) for t in tokens) else None
+
     def grammar(self, schema: dict):
         """The compiled grammar of ``schema``; one carrying the record's text (``x-span-text``, grounded
         decoding) is compiled from :func:`~instructkgc.infer.grammar.answer_grammar`. Grammars are cached
@@ -146,33 +156,29 @@ class GrammarCache:
         return self.xgr.GrammarMatcher(self.grammar(schema))
 
 
-class JsonSchemaProcessor(LogitsProcessor):
-    """Constrain each row of one ``generate`` call to its JSON Schema (``None`` leaves a row free).
+class RowGrammar:
+    """One answer's grammar state: its xgrammar matcher and the closing policy's estimate.
 
-    Create one per ``generate`` call. ``prompt_len`` is the (padded) prompt width of the batch.
+    The HF ``generate`` path (:class:`JsonSchemaProcessor`) and the engine's own greedy loop both drive rows
+    through :meth:`constrain` (mask the logits, keep the answer closable) and ``matcher.accept_token``.
     """
 
     CHECK_EVERY = 16  # steps between estimates of the closing length outside the end zone
     SLACK = 48  # the end zone: remaining budget <= last closing estimate + SLACK
 
-    def __init__(self, cache: GrammarCache, schemas: Sequence[Optional[dict]], prompt_len: int,
-                 max_new_tokens: int, pad_token_id: int):
+    def __init__(self, cache: GrammarCache, matcher, max_new_tokens: int):
         self.cache = cache
-        self.matchers = [cache.matcher(s) if s is not None else None for s in schemas]
-        self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
-        self.prompt_len = prompt_len
+        self.matcher = matcher
         self.max_new_tokens = max_new_tokens
-        self.pad_token_id = pad_token_id
-        self.bitmask = cache.xgr.allocate_token_bitmask(len(schemas), cache.vocab_size)
-        self.closing_estimate = [0] * len(schemas)
+        self.closing_estimate = 0
         self.forced = 0  # tokens chosen by the closing policy (for diagnostics)
 
-    # ---- the closing policy -------------------------------------------------------------------------
-    def closing_length(self, matcher, limit: int) -> tuple[int, int]:
+    def closing_length(self, matcher, limit: int) -> tuple[int, Optional[int]]:
         """Tokens the closing policy needs to finish from ``matcher``'s state (stop token included) and the
-        first of them; ``(limit + 1, None)`` when it needs more than ``limit`` or finds no way."""
+        first of them; ``(0, None)`` once terminated; ``(limit + 1, None)`` when it needs more than ``limit`` or
+        finds no way."""
         if matcher.is_terminated():
-            return 0, self.pad_token_id
+            return 0, None
         text = self.cache.closing_text(matcher, limit)
         tokens = None if text is None else self.cache.spell(matcher, text, limit)
         if tokens is None:
@@ -180,13 +186,71 @@ class JsonSchemaProcessor(LogitsProcessor):
         tokens.append(self.cache.stop_token_ids[0])
         return len(tokens), tokens[0]
 
-    # ---- the processor ------------------------------------------------------------------------------
+    def constrain(self, scores: torch.Tensor, step: int) -> None:
+        """Keep a closable answer in ``scores`` (this row's logits, already masked by the grammar) at ``step``
+        (new tokens so far): near the end of the budget, when the arg-max token would leave too few tokens to
+        close the JSON, only the first closing token is left."""
+        m = self.matcher
+        remaining = self.max_new_tokens - step
+        if remaining > self.closing_estimate + self.SLACK:
+            if step % self.CHECK_EVERY == 0:
+                self.closing_estimate, _ = self.closing_length(m, remaining)
+            return
+        choice = int(scores.argmax())
+        after = m.fork()
+        if after.accept_token(choice):
+            need, _ = self.closing_length(after, remaining)
+            if 1 + need <= remaining:
+                self.closing_estimate = need
+                return
+        need, token = self.closing_length(m, remaining)
+        self.closing_estimate = need
+        if token is None:
+            return  # no closing text from here (e.g. inside a multi-byte character): keep the model's choice
+        scores.fill_(float("-inf"))
+        scores[token] = 0.0
+        self.forced += 1
+
+    def forced_tokens(self, limit: int) -> list[int]:
+        """Tokens spelling the text the grammar forces next (xgrammar's jump-forward string), at most
+        ``limit``; ``[]`` when the next character is open. The tokenizer's own encoding is proposed when it
+        spells exactly that text and the grammar accepts it, else the longest vocabulary matches."""
+        if limit <= 0:
+            return []
+        try:
+            text = self.matcher.find_jump_forward_string()
+        except UnicodeDecodeError:  # inside a multi-byte character
+            return []
+        if not text:
+            return []
+        tokens = self.cache.encode(self.matcher, text)
+        if tokens is None:
+            tokens = self.cache.spell(self.matcher, text.encode("utf-8"), 4 * len(text)) or []
+        return tokens[:limit]
+
+
+class JsonSchemaProcessor(LogitsProcessor):
+    """Constrain each row of one ``generate`` call to its JSON Schema (``None`` leaves a row free).
+
+    Create one per ``generate`` call. ``prompt_len`` is the (padded) prompt width of the batch. The bitmask is
+    applied on the logits' device (no copy of the logits to the CPU and back).
+    """
+
+    def __init__(self, cache: GrammarCache, schemas: Sequence[Optional[dict]], prompt_len: int,
+                 max_new_tokens: int, pad_token_id: int):
+        self.cache = cache
+        self.grammars = [RowGrammar(cache, cache.matcher(s), max_new_tokens) if s is not None else None
+                         for s in schemas]
+        self.rows = [i for i, g in enumerate(self.grammars) if g is not None]
+        self.prompt_len = prompt_len
+        self.pad_token_id = pad_token_id
+        self.bitmask = cache.xgr.allocate_token_bitmask(len(schemas), cache.vocab_size)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_len
-        remaining = self.max_new_tokens - step
         active = []
         for i in self.rows:
-            m = self.matchers[i]
+            m = self.grammars[i].matcher
             if step > 0 and not m.is_terminated():
                 m.accept_token(int(input_ids[i, -1]))  # always allowed: the token was masked last step
             if m.is_terminated():
@@ -197,34 +261,8 @@ class JsonSchemaProcessor(LogitsProcessor):
                 active.append(i)
         if not active:
             return scores
-        on_cpu = scores.device.type == "cpu"
-        work = scores if on_cpu else scores.float().cpu()
-        self.cache.xgr.apply_token_bitmask_inplace(work, self.bitmask, vocab_size=self.cache.vocab_size,
-                                                   indices=active)
+        self.cache.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device, non_blocking=True),
+                                                   vocab_size=self.cache.vocab_size, indices=active)
         for i in active:
-            self._keep_closable(i, work, step, remaining)
-        if not on_cpu:
-            scores.copy_(work.to(scores.device, scores.dtype))
+            self.grammars[i].constrain(scores[i], step)
         return scores
-
-    def _keep_closable(self, i: int, scores: torch.Tensor, step: int, remaining: int) -> None:
-        m = self.matchers[i]
-        in_zone = remaining <= self.closing_estimate[i] + self.SLACK
-        if not in_zone:
-            if step % self.CHECK_EVERY == 0:
-                self.closing_estimate[i], _ = self.closing_length(m, remaining)
-            return
-        choice = int(scores[i].argmax())
-        after = m.fork()
-        if after.accept_token(choice):
-            need, _ = self.closing_length(after, remaining)
-            if 1 + need <= remaining:
-                self.closing_estimate[i] = need
-                return
-        need, token = self.closing_length(m, remaining)
-        self.closing_estimate[i] = need
-        if token is None:
-            return  # no closing text from here (e.g. inside a multi-byte character): keep the model's choice
-        scores[i].fill_(float("-inf"))
-        scores[i, token] = 0.0
-        self.forced += 1

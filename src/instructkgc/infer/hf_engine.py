@@ -1,4 +1,5 @@
-"""Batched generation with Hugging Face ``generate``: left padding, length-sorted batches, stop words."""
+"""The HF engine: greedy answers from the engine's own continuous-batching loop (:mod:`.greedy`), everything else
+(sampling, beams, penalties, models it cannot drive) from ``generate`` in static, length-sorted batches."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -13,14 +14,20 @@ from .engine import Engine, Generation, ProgressCallback, SamplingSettings
 class HFEngine(Engine):
     """Generate with a loaded ``model`` / ``tokenizer``.
 
-    Prompts are sorted by length (longest first, so memory problems show up at once) and cut into batches of
-    ``batch_size``; each batch is left-padded, with the attention mask telling the model which positions are
-    padding (position ids follow from it), so greedy answers equal one-prompt-at-a-time answers. Generation
-    stops at any of ``stop_token_ids`` (the template's stop words plus eos).
+    Greedy decoding (the default) runs :class:`~instructkgc.infer.greedy.GreedyLoop` with ``batch_size`` rows:
+    continuous batching, shared-prefix reuse and (with ``constrained``) jump-forward decoding, each of which
+    ``continuous`` / ``prefix_reuse`` / ``jump_forward`` can turn off. Answers are the plain greedy answers.
+
+    Otherwise (or with ``continuous=False``) prompts are sorted by length (longest first, so memory problems show
+    up at once) and cut into batches of ``batch_size`` for ``generate``; each batch is left-padded, with the
+    attention mask telling the model which positions are padding (position ids follow from it), so greedy answers
+    equal one-prompt-at-a-time answers. Generation stops at any of ``stop_token_ids`` (the template's stop words
+    plus eos).
     """
 
     def __init__(self, model, tokenizer, stop_token_ids: Sequence[int], settings: SamplingSettings,
-                 batch_size: int = 16, constrained: bool = False):
+                 batch_size: int = 16, constrained: bool = False, continuous: bool = True,
+                 prefix_reuse: bool = True, jump_forward: bool = True):
         if batch_size < 1:
             raise UsageError("--batch_size must be at least 1")
         self.model = model
@@ -41,6 +48,21 @@ class HFEngine(Engine):
             vocab = model.get_output_embeddings().weight.shape[0]
             self.grammars = GrammarCache(tokenizer, vocab, self.stop_token_ids)
         self.config = self._generation_config()
+        self.loop = None
+        if continuous and self._plain_greedy():
+            from .greedy import GreedyLoop
+
+            self.loop = GreedyLoop(_forward_model(model), self.stop_token_ids, settings.max_new_tokens, batch_size,
+                                   prefix_reuse=prefix_reuse, jump_forward=jump_forward)
+
+    def _plain_greedy(self) -> bool:
+        """Whether answers are plain greedy ones from a model the greedy loop can drive."""
+        from .greedy import supports
+
+        s = self.settings
+        plain = (not s.do_sample and s.num_beams == 1 and s.repetition_penalty == 1.0 and not s.no_repeat_ngram_size
+                 and not s.min_new_tokens and s.max_new_tokens >= 1)
+        return plain and supports(_forward_model(self.model))
 
     def _generation_config(self) -> GenerationConfig:
         s = self.settings
@@ -62,8 +84,23 @@ class HFEngine(Engine):
     def generate(self, prompts, json_schemas=None, progress: Optional[ProgressCallback] = None):
         if json_schemas is not None and any(s is not None for s in json_schemas) and self.grammars is None:
             raise UsageError("JSON schemas given to an engine created without constrained=True")
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Optional[Generation]] = [None] * len(prompts)
+        if self.loop is not None:
+            grammars = [None] * len(prompts)
+            if json_schemas is not None:
+                from .constrained import RowGrammar
+
+                grammars = [RowGrammar(self.grammars, self.grammars.matcher(s), self.settings.max_new_tokens)
+                            if s is not None else None for s in json_schemas]
+
+            def finished(i: int, tokens: list) -> None:
+                results[i] = self._decode(tokens)
+                if progress is not None:
+                    progress(1, results[i].num_tokens)
+
+            self.loop.run(prompts, grammars, finished)
+            return results
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             schemas = [json_schemas[i] for i in rows] if json_schemas is not None else None
@@ -100,4 +137,12 @@ class HFEngine(Engine):
         return Generation(text=text, num_tokens=len(kept) + (end is not None), finished=end is not None)
 
     def close(self) -> None:
-        self.model = None
+        self.model = self.loop = None
+
+
+def _forward_model(model):
+    """The module to call for logits: a LoRA ``PeftModel``'s base model (the adapters are injected into it)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and not config.is_prompt_learning and hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model

@@ -1,0 +1,114 @@
+"""The HF engine's greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding) gives exactly
+the one-prompt-at-a-time ``generate`` answers, with and without constrained decoding, on both tiny models."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from instructkgc.infer import SamplingSettings
+from instructkgc.infer.greedy import prefix_groups
+from instructkgc.infer.hf_engine import HFEngine
+from instructkgc.infer.records import answer_schema
+from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer, stop_token_ids
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def converted(task, tmp_path, split_num="4"):
+    out = tmp_path / f"{task}.json"
+    subprocess.run([sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path",
+                    str(REPO / "data" / task / "sample.json"), "--tgt_path", str(out), "--schema_path",
+                    str(REPO / "data" / task / "schema.json"), "--task", task, "--split", "test", "--split_num",
+                    split_num], check=True, capture_output=True)
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module", params=["tiny_model_dir", "tiny_qwen_dir"])
+def tiny(request):
+    path = request.getfixturevalue(request.param)
+    tok = AutoTokenizer.from_pretrained(path)
+    template = get_template_and_fix_tokenizer("qwen" if "qwen" in request.param else "llama2", tok)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, tok, template
+
+
+def engine(tiny, batch_size, max_new_tokens, constrained=False, **options):
+    model, tok, template = tiny
+    return HFEngine(model, tok, stop_token_ids(template, tok), SamplingSettings(max_new_tokens=max_new_tokens),
+                    batch_size=batch_size, constrained=constrained, **options)
+
+
+@pytest.fixture(scope="module")
+def ner(tiny, tmp_path_factory):
+    _, tok, template = tiny
+    records = converted("NER", tmp_path_factory.mktemp("ner"))[:7]
+    prompts = [build_prompt_ids(template, tok, r, 512)[0] for r in records]
+    return prompts, [answer_schema(r) for r in records]
+
+
+@pytest.fixture(scope="module")
+def single_free(tiny, ner):
+    return engine(tiny, 1, 20, continuous=False).generate(ner[0])
+
+
+@pytest.fixture(scope="module")
+def single_constrained(tiny, ner):
+    pytest.importorskip("xgrammar")
+    return engine(tiny, 1, 40, constrained=True, continuous=False).generate(*ner)
+
+
+def same(a, b):
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.num_tokens for g in a] == [g.num_tokens for g in b]
+    assert [g.finished for g in a] == [g.finished for g in b]
+
+
+@pytest.mark.parametrize("options", [{}, {"prefix_reuse": False}])
+def test_free_decoding_equals_one_at_a_time(tiny, ner, single_free, options):
+    fast = engine(tiny, 3, 20, **options)
+    same(fast.generate(ner[0]), single_free)
+    assert fast.loop is not None and fast.loop.stats.decode_passes > 0
+    if not options:
+        assert fast.loop.stats.reused_tokens > 0  # the shared prefix really was reused
+
+
+@pytest.mark.parametrize("options", [{}, {"jump_forward": False}, {"prefix_reuse": False}])
+def test_constrained_decoding_equals_one_at_a_time(tiny, ner, single_constrained, options):
+    fast = engine(tiny, 3, 40, constrained=True, **options)
+    same(fast.generate(*ner), single_constrained)
+    stats = fast.loop.stats
+    if options.get("jump_forward", True):
+        assert stats.forced_tokens > 0  # keys and separators came without a pass of their own
+        assert stats.decode_passes + len(ner[0]) < stats.new_tokens
+    else:
+        assert stats.forced_tokens == 0
+
+
+def test_mixed_rows_and_tight_budget(tiny, ner):
+    """Constrained and free rows in one batch; a budget that makes the closing policy act."""
+    pytest.importorskip("xgrammar")
+    prompts, schemas = ner[0][:4], [s if k % 2 else None for k, s in enumerate(ner[1][:4])]
+    single = engine(tiny, 1, 24, constrained=True, continuous=False).generate(prompts, schemas)
+    same(engine(tiny, 3, 24, constrained=True).generate(prompts, schemas), single)
+
+
+def test_prefix_groups():
+    a = [1] * 20 + [2, 3]
+    b = [1] * 20 + [2, 4, 5]
+    c = [1] * 18 + [9]
+    d = [7, 7]
+    order, shared = prefix_groups([a, b, c, d], min_prefix=16)
+    assert shared == [21, 21, 0, 0]
+    assert sorted(order) == [0, 1, 2, 3] and abs(order.index(0) - order.index(1)) == 1
+    # a prefix always leaves one token of each prompt to compute
+    assert prefix_groups([a, a[:17]], min_prefix=16)[1] == [16, 16]
+
+
+def test_sampling_still_uses_generate(tiny):
+    model, tok, template = tiny
+    eng = HFEngine(model, tok, stop_token_ids(template, tok), SamplingSettings(max_new_tokens=4, do_sample=True))
+    assert eng.loop is None

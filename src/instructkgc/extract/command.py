@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     p.add_argument("--bits", type=int, default=16, choices=[4, 8, 16, 32])
+    p.add_argument("--grounded_decoding", action=argparse.BooleanOptionalAction, default=True,
+                   help="with constrained decoding, entity / head / tail / trigger / argument strings can only be "
+                        "spans of the window's text (default on)")
     p.add_argument("--constrained_decoding", action=argparse.BooleanOptionalAction, default=None,
                    help="JSON-schema constrained decoding (default: on when xgrammar is installed)")
     p.add_argument("--keep_ungrounded", action="store_true",
@@ -136,7 +139,7 @@ def make_extractor(args, task, schema, split_num: int, engine, tokenizer, templa
 
     builder = PromptBuilder(task, schema, split_num, template, tokenizer, args.cutoff_len, args.system_prompt)
     return Extractor(builder, engine, args.language, args.window_overlap, constrained, args.keep_ungrounded,
-                     block_size=max(64, 4 * args.batch_size))
+                     block_size=max(64, 4 * args.batch_size), grounded=args.grounded_decoding)
 
 
 def run(args, engine=None, tokenizer=None, template=None) -> dict:

@@ -160,19 +160,21 @@ class _Request:
     window: Span
     chunk: list
     prompt: list[int]
+    text: str  # the window's text: what grounded decoding limits spans to
 
 
 class Extractor:
     """Runs the pipeline over documents with an engine (``Engine.generate(prompts, json_schemas)``)."""
 
     def __init__(self, builder: PromptBuilder, engine, language: str = "auto", overlap: int = 64,
-                 constrained: bool = False, keep_ungrounded: bool = False, block_size: int = 256):
+                 constrained: bool = False, keep_ungrounded: bool = False, block_size: int = 256,
+                 grounded: bool = False):
         if language not in ("auto", "zh", "en"):
             raise UsageError(f"--language must be zh, en or auto, got {language!r}")
         if overlap < 0:
             raise UsageError("--window_overlap must be >= 0")
         self.builder, self.engine, self.language, self.overlap = builder, engine, language, overlap
-        self.constrained, self.keep = constrained, keep_ungrounded
+        self.constrained, self.keep, self.grounded = constrained, keep_ungrounded, grounded
         self.block_size = block_size
         self.task = builder.task
         self.field = self.task.result_field
@@ -185,7 +187,8 @@ class Extractor:
         out = []
         for window, prompts in self.builder.windows(doc.text, language, self.overlap):
             stats.windows += 1
-            out.extend(_Request(index, window, c, p) for c, p in zip(chunks, prompts))
+            text = doc.text[window[0]:window[1]]
+            out.extend(_Request(index, window, c, p, text) for c, p in zip(chunks, prompts))
         stats.prompts += len(out)
         return out
 
@@ -193,10 +196,20 @@ class Extractor:
         prompts = [r.prompt for r in requests]
         if not prompts:
             return []
-        schemas = [self.task.answer_schema(r.chunk) for r in requests] if self.constrained else None
+        schemas = [self._schema(r) for r in requests] if self.constrained else None
         if self.bar is None:
             return self.engine.generate(prompts, schemas)
         return self.engine.generate(prompts, schemas, progress=lambda n, tokens: self.bar.update(n))
+
+    def _schema(self, request: _Request) -> dict:
+        """The answer's JSON schema; with grounded decoding, extractive strings must be spans of the window."""
+        schema = self.task.answer_schema(request.chunk)
+        if self.grounded:
+            from ..infer.grammar import SPAN_TEXT, has_spans
+
+            if has_spans(schema):
+                schema[SPAN_TEXT] = request.text
+        return schema
 
     def _result(self, doc: Document, items: list[Item], stats: DocStats) -> Result:
         result = Result(doc.id, doc.text, self.task.name, self.field, merge_items(items),

@@ -105,7 +105,7 @@ def cli_errors():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"interrupted by {signal.Signals(signum).name}; unfinished output removed, inputs untouched",
+        print(f"interrupted by {signal.Signals(signum).name}; temporary files removed, inputs untouched",
               file=sys.stderr)
         raise SystemExit(128 + signum) from None
     except OSError as err:
@@ -125,38 +125,30 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_output(path: str | os.PathLike, flag: str, inputs: dict[str, Any] | None = None,
-                 directory: bool = False) -> None:
-    """Refuse (``InputError``) an output location that would destroy an input or cannot be written.
+def check_output(path: str | os.PathLike, flag: str, inputs: dict[str, Any] | None = None) -> None:
+    """Refuse (``InputError``) an output file that would destroy an input or cannot be written.
 
     ``inputs``: ``{flag: path}`` of everything the command reads (None values skipped); an output that is the
     same file as one of them (``os.path.samefile``, else the resolved path) is refused. The output must not be
-    a directory (``directory=True``: must be one, or not exist), nor a special file, nor under a regular
-    file, and the nearest existing folder above it must be writable. Call before the model loads or the data is
-    read; ``-`` (stdout) passes.
+    a directory nor a special file, must not lie under a regular file, and the nearest existing folder above it
+    must be writable. Call before the model loads or the data is read; ``-`` (stdout) passes.
     """
     path = os.fspath(path)
     if path == "-":
         return
     if not path.strip():
         raise InputError(None, None, f"{flag}: empty path")
-    if path.endswith((os.sep, "/")) and not directory:
-        raise InputError(path, None, f"{flag} ends with '/', a folder; give a file path")
     for in_flag, src in (inputs or {}).items():
         if src is not None and src != "-" and _same_file(path, os.fspath(src)):
             raise InputError(path, None, f"{flag} is the same file as {in_flag}; refusing to overwrite an input "
                                          "(choose another output path)")
-    if os.path.isdir(path):
-        if not directory:
-            raise InputError(path, None, f"{flag} is a directory; give a file path")
-    elif os.path.lexists(path):
-        if directory:
-            raise InputError(path, None, f"{flag} must be a directory, this is a file")
-        if not stat.S_ISREG(os.stat(path).st_mode if os.path.exists(path) else stat.S_IFLNK):
-            raise InputError(path, None, f"{flag} is not a regular file (it would be replaced by one)")
-    folder = os.path.dirname(os.path.abspath(path if not directory else os.path.join(path, "x")))
+    if os.path.isdir(path) or path.endswith((os.sep, "/")):
+        raise InputError(path, None, f"{flag} is a directory; give a file path")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise InputError(path, None, f"{flag} is not a regular file (it would be replaced by one)")
+    folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):
-        if os.path.lexists(folder):  # a dangling symlink
+        if os.path.lexists(folder):
             raise InputError(path, None, f"{flag}: {folder} is a broken symbolic link")
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
@@ -202,8 +194,10 @@ def text_problem(value: Any, source: str | bytes) -> str | None:
 
     ``source`` is the JSON text it was decoded from: only text with a surrogate escape is examined further.
     """
-    escapes = _SURROGATE_ESCAPE_BYTES if isinstance(source, bytes) else _SURROGATE_ESCAPE
-    if not escapes.search(source):
+    if isinstance(source, bytes):
+        if (b"\\ud" not in source and b"\\uD" not in source) or not _SURROGATE_ESCAPE_BYTES.search(source):
+            return None
+    elif ("\\ud" not in source and "\\uD" not in source) or not _SURROGATE_ESCAPE.search(source):
         return None
     try:
         dumps(value).encode("utf-8")

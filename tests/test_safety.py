@@ -508,6 +508,8 @@ def test_check_output_accepts_ordinary_outputs(tmp_path):
     inp.write_text("{}", encoding="utf-8")
     check_output(tmp_path / "new" / "deeper" / "out.json", "--out", {"--in": inp})
     check_output("-", "--out", {"--in": "-"})
-    check_output(tmp_path, "--out", {"--in": inp}, directory=True)
-    with pytest.raises(InputError, match="must be a directory"):
-        check_output(inp, "--out", {}, directory=True)
+    check_output(inp, "--out", {})  # an existing output is fine: it is replaced atomically
+    for bad, problem in [("", "empty path"), (f"{tmp_path}/new/", "is a directory"),
+                         (tmp_path / "in.json" / "x", "is a file, not a folder")]:
+        with pytest.raises(InputError, match=problem):
+            check_output(bad, "--out", {})

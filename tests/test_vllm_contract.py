@@ -275,6 +275,7 @@ def test_sampling_params_and_lora_request(vllm, tiny_model_dir, tmp_path):
     assert (engine_args.enable_lora, engine_args.max_lora_rank, engine_args.max_loras) == (True, 16, 1)
     assert (engine_args.gpu_memory_utilization, engine_args.tensor_parallel_size) == (0.5, 2)
     assert engine_args.generation_config == "vllm" and engine_args.dtype == "bfloat16"
+    assert engine_args.structured_outputs_config.backend == "xgrammar"  # the EBNF sent is xgrammar's
 
 
 def test_no_repeat_ngram_processor_equals_transformers(vllm):

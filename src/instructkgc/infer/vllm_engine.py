@@ -103,9 +103,13 @@ def _lora_rank(adapter: str) -> int:
 
 def llm_kwargs(model_path: str, adapter: Optional[str], model_args, infer_args, settings: SamplingSettings,
                dtype: str, max_model_len: int) -> dict:
-    """Keyword arguments of ``vllm.LLM``."""
+    """Keyword arguments of ``vllm.LLM``. Structured outputs use the xgrammar backend: the grammars sent are
+    xgrammar EBNF (:func:`~instructkgc.infer.grammar.answer_grammar`), which vLLM's other backends do not read."""
+    from vllm.config import StructuredOutputsConfig
+
     kwargs = dict(model=model_path, tokenizer=model_path, trust_remote_code=model_args.trust_remote_code,
                   revision=model_args.model_revision, dtype=dtype, generation_config="vllm",
+                  structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
                   enable_prefix_caching=True, tensor_parallel_size=infer_args.tensor_parallel_size,
                   gpu_memory_utilization=infer_args.gpu_memory_utilization, max_model_len=max_model_len)
     if adapter is not None:

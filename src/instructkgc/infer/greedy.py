@@ -258,26 +258,28 @@ def _relayout(rows: list[_Row], kv: list, mask: torch.Tensor, admitted: list):
     width = max([counts[b] for b in keep] + [r.length for r, _ in admitted] + [0])
     new_rows = [rows[b] for b in keep] + [r for r, _ in admitted]
     new_mask = torch.zeros((len(new_rows), width), dtype=torch.bool)
-    sources = []  # (row in the new batch, column index or slice in the old cache, count)
+    source = torch.zeros((len(keep), width), dtype=torch.long)  # old cache column of each new one (kept rows)
     for j, b in enumerate(keep):
         n = counts[b]
-        cols = mask[b].nonzero().squeeze(1)
-        contiguous = n == 0 or int(cols[0]) == mask.shape[1] - n
-        sources.append((j, slice(mask.shape[1] - n, None) if contiguous else cols, n))
-        new_mask[j, width - n:] = True
+        if n:
+            source[j, width - n:] = mask[b].nonzero().squeeze(1)
+            new_mask[j, width - n:] = True
     for a, (r, _) in enumerate(admitted):
         new_mask[len(keep) + a, width - r.length:] = True
+    keep_index = torch.tensor(keep, dtype=torch.long).unsqueeze(1)
+    padding = ~new_mask[:len(keep), None, :, None]
     new_kv = []
     layers = len(kv) if kv else len(admitted[0][1]) if admitted else 0
     for layer in range(layers):
         pair = []
         for t in range(2):
             ref = kv[layer][t] if kv else admitted[0][1][layer][t]
-            out = ref.new_zeros((len(new_rows), ref.shape[1], width, ref.shape[3]))
-            for j, cols, n in sources:
-                if n:
-                    out[j, :, width - n:] = kv[layer][t][keep[j], :, cols]
+            out = ref.new_empty((len(new_rows), ref.shape[1], width, ref.shape[3]))
+            if keep:  # one gather per layer: [kept rows, width, heads, dim], padding columns zeroed
+                out[:len(keep)] = kv[layer][t][keep_index, :, source].transpose(1, 2)
+                out[:len(keep)].masked_fill_(padding, 0.0)
             for a, (r, row_kv) in enumerate(admitted):
+                out[len(keep) + a, :, :width - r.length] = 0.0
                 out[len(keep) + a, :, width - r.length:] = row_kv[layer][t][0]
             pair.append(out)
         new_kv.append(tuple(pair))

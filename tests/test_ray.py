@@ -81,7 +81,8 @@ def test_extract_on_ray_writes_what_one_process_writes(task, tiny_model_dir, tmp
         argv = ["extract", "--task", task, "--schema", SCHEMAS[task], "--input", str(src), "--output", str(out),
                 "--model_name_or_path", str(tiny_model_dir), "--cutoff_len", "300" if task == "KG" else "200",
                 "--max_new_tokens", "24",
-                "--batch_size", "4", "--keep_ungrounded", *extra]
+                "--batch_size", "4", "--keep_ungrounded", "--no-grounded_decoding", *extra]  # a random model
+        # limited to spans of the text mostly answers empty lists: free strings give items to compare
         assert cli_main(argv) == 0
 
     extract(tmp_path / "one.jsonl")
@@ -95,9 +96,9 @@ def test_extract_on_ray_writes_what_one_process_writes(task, tiny_model_dir, tmp
 
 
 def distributed_field(task):
-    from instructkgc.extract.ground import result_field
+    from ie2instruction.tasks import get_task
 
-    return result_field(task)
+    return get_task(task).result_field
 
 
 def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, records, one_process, tmp_path,

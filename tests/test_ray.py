@@ -16,6 +16,7 @@ import pytest
 
 from instructkgc import distributed
 from instructkgc.cli import main as cli_main
+from instructkgc.inference import main as infer_main
 from instructkgc.inference import run as infer_run
 
 ray = pytest.importorskip("ray")
@@ -170,7 +171,7 @@ def test_missing_ray_names_the_extra(tiny_model_dir, records, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)
     with pytest.raises(SystemExit) as exc:
-        infer_run(infer_argv(tiny_model_dir, records, tmp_path / "out.json", "--ray"))
+        infer_main(infer_argv(tiny_model_dir, records, tmp_path / "out.json", "--ray"))
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --ray needs Ray Data: pip install 'instructkgc[ray]'"
@@ -180,7 +181,7 @@ def test_bad_input_fails_before_ray_work(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"instruction": "x"}\n{"instruction": \n', encoding="utf-8")
     with pytest.raises(SystemExit) as exc:
-        infer_run(infer_argv(tiny_model_dir, bad, tmp_path / "out.json", "--ray"))
+        infer_main(infer_argv(tiny_model_dir, bad, tmp_path / "out.json", "--ray"))
     assert exc.value.code == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert err.startswith(f"{bad}:2: invalid JSON")

@@ -411,12 +411,13 @@ def test_extract_sigterm_removes_the_temporary_file(tiny_model_dir, tmp_path, ca
                         lambda args, constrained: (KilledMidway(), tok, get_template_and_fix_tokenizer("alpaca", tok)))
     docs = tmp_path / "docs.txt"
     docs.write_text("".join(f"Person {i} walked home.\n" for i in range(400)), encoding="utf-8")
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or a handler an earlier test's library installed (Ray)
     code, err = call(command.main, ["--task", "NER", "--schema", '["person"]', "--input", str(docs), "--output",
                                     str(tmp_path / "o.jsonl"), "--model_name_or_path", "x", "--batch_size", "1",
                                     "--no-constrained_decoding"], capsys)
     assert code == 143 and err[-1].startswith("interrupted by SIGTERM")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.txt"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 # ---- 6. valid input accepted, file modes kept --------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_constrained_vllm_answers_parse_within_the_budget(reference_llm, tiny_mo
                      "--backend", "vllm", "--constrained_decoding")
     (llm,) = reference_llm.instances
     prompts, params = llm.calls[0]
-    assert [p.structured_outputs.grammar for p in params] == [schema_ebnf(answer_schema(r))
+    assert [p.structured_outputs.grammar for p in params] == [schema_ebnf(answer_schema(r, grounded=True))
                                                               for r in read_jsonl(records)]
     assert counts.invalid_json == 0 and counts.cut_off == 0
     for answer in read_jsonl(tmp_path / "vllm.json"):

@@ -106,14 +106,24 @@ def span_rules(text: str, name: str = "span") -> list[str]:
     spaces = {i for i, u in enumerate(symbols) if u.isspace()}
     nxt, last_sym = _suffix_automaton(seq)
     literals = [_json_literal(u) for u in symbols]
+    can_end = [bool(state) and last_sym[state] not in spaces for state in range(len(nxt))]
+    live = list(can_end)  # states from which a span can still end (not only trailing white space ahead)
+    changed = True
+    while changed:
+        changed = False
+        for state, moves in enumerate(nxt):
+            if not live[state] and any(live[t] for t in moves.values()):
+                live[state] = changed = True
     rules = []
     for state, moves in enumerate(nxt):
+        if state and not live[state]:
+            continue  # unreachable below: no move leads here
         options = []
-        if state and last_sym[state] not in spaces:
+        if can_end[state]:
             options.append('"\\""')  # a span may end here: close the string
         for sym, target in sorted(moves.items()):
-            if state == 0 and sym in spaces:
-                continue  # a span does not start with white space
+            if (state == 0 and sym in spaces) or not live[target]:
+                continue  # a span does not start with white space, nor go where it cannot end
             options.append(f"({literals[sym]} {name}_{target})")
         # no option at all: the initial state of a text without a span; only the empty string is left
         rules.append(f"{name}_{state} ::= " + (" | ".join(options) if options else '"\\""'))

@@ -2,14 +2,15 @@
 
     python bench/infer_bench.py                       # tiny random model (built on the fly)
     python bench/infer_bench.py --model smollm2       # SmolLM2-135M-Instruct (make demo caches it)
-    python bench/infer_bench.py --model smollm2 --constrained_decoding
+    python bench/infer_bench.py --model smollm2 --constrained_decoding      # grounded, as inference runs it
+    python bench/infer_bench.py --model smollm2 --constrained_decoding --grounded_decoding off
 
 Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
 loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
 greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding with ``--constrained_decoding``).
 For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of the model: 2 x weights x
-token positions computed, padding included, attention left out) as a share of the peak of a large fp32 matmul
-measured in the same run. Then the share of answer tokens forced by the grammar, the time spent choosing tokens
+token positions computed, padding included, attention left out) as a share of the peak of a large matmul in the
+run's dtype, measured in the same run. Then the share of answer tokens forced by the grammar, the time spent choosing tokens
 (grammar masks, closing policy) in the new loop, whether the answers are identical, the load average, and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
@@ -110,6 +111,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--constrained_decoding", action="store_true", help="all three runs JSON-constrained")
+    parser.add_argument("--grounded_decoding", choices=["on", "off"], default="on",
+                        help="with --constrained_decoding: strings must be spans of the input (inference's default)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--skip_single", action="store_true", help="leave out the (slow) one-at-a-time run")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -119,19 +123,20 @@ def main(argv=None) -> None:
         language = args.language or ("zh" if args.model is None else "en")
         tok = AutoTokenizer.from_pretrained(path)
         template = get_template_and_fix_tokenizer(template_name, tok)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
     recs = records(args.task, language, args.records)
     prompts = [build_prompt_ids(template, tok, r, 1024)[0] for r in recs]
-    schemas = [answer_schema(r) for r in recs] if args.constrained_decoding else None
+    grounded = args.grounded_decoding == "on"
+    schemas = [answer_schema(r, grounded=grounded) for r in recs] if args.constrained_decoding else None
     stops = stop_token_ids(template, tok)
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     print(f"model {args.model or 'tiny'}: {len(prompts)} {args.task} records, template {template_name}, "
           f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, constrained decoding "
-          f"{'on' if schemas else 'off'}, {torch.get_num_threads()} threads")
+          f"{('on, grounded ' + args.grounded_decoding) if schemas else 'off'}, {args.dtype}, "
+          f"{torch.get_num_threads()} threads")
     counter = FlopCounter(model)
-    peak = peak_gflops()
-    print(f"peak: {peak:.1f} GFLOP/s (fp32 2048x2048 matmul); bf16 {peak_gflops(512, 1, torch.bfloat16):.1f} vs "
-          f"fp32 {peak_gflops(512, 1):.1f} GFLOP/s at 512x512")
+    peak = peak_gflops(dtype=getattr(torch, args.dtype))
+    print(f"peak: {peak:.1f} GFLOP/s ({args.dtype} 2048x2048 matmul)")
 
     def engine(**options):
         return HFEngine(model, tok, stops, settings, constrained=schemas is not None, **options)

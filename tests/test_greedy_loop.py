@@ -112,3 +112,19 @@ def test_sampling_still_uses_generate(tiny):
     model, tok, template = tiny
     eng = HFEngine(model, tok, stop_token_ids(template, tok), SamplingSettings(max_new_tokens=4, do_sample=True))
     assert eng.loop is None
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_sliding_window_layers_equal_one_at_a_time(tiny_qwen_dir, tmp_path, attention):
+    """A model whose second layer sees only the last 16 positions (prompts are longer): the packed mask applies
+    the window like the model's own mask does, as a boolean (SDPA) or additive (eager attention) mask."""
+    tok = AutoTokenizer.from_pretrained(tiny_qwen_dir)
+    template = get_template_and_fix_tokenizer("qwen", tok)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32, use_sliding_window=True,
+                                                 sliding_window=16, attn_implementation=attention,
+                                                 layer_types=["full_attention", "sliding_attention"]).eval()
+    assert model.config.layer_types[1] == "sliding_attention"
+    prompts = [build_prompt_ids(template, tok, r, 512)[0] for r in converted("NER", tmp_path)[:5]]
+    assert min(len(p) for p in prompts) > 16
+    tiny = (model, tok, template)
+    same(engine(tiny, 2, 20).generate(prompts), engine(tiny, 1, 20, continuous=False).generate(prompts))

@@ -1,44 +1,53 @@
 """The HF engine's own greedy decoding loop: continuous batching, shared-prefix reuse, jump-forward decoding.
 
-* **Continuous batching.** Up to ``batch_size`` answers are decoded together over one key/value cache; an answer
-  that ends leaves the batch at once and the next prompt takes its place, so no row idles until the longest
-  answer of a static batch is done. Rows are left-padded inside the cache and every row has its own position
-  ids, so each row sees exactly its own tokens at their own positions.
+All running answers live in one packed sequence: each forward pass feeds only real tokens, one after another
+(no padding), and the key/value cache is one growing row of columns, each tagged with the answer (or shared
+prefix) it belongs to. A 4-D attention mask lets every token see exactly the columns of its own answer and of its
+prefix, earlier than itself, at its own position ids, so each answer is computed as if it were alone.
+
+* **Continuous batching.** Up to ``batch_size`` answers are decoded together; an answer that ends leaves at once
+  and the next prompt is prefilled in the very next pass, packed with the other answers' decoding tokens. Its
+  columns become holes, dropped from the cache when they make up half of it.
 * **Shared-prefix reuse.** Prompts of one file repeat a long common start (template, instruction sentence,
-  schema chunk). Prompts are grouped by their longest common token prefix; the prefix's cache is computed once
-  per group and each prompt prefills only the rest.
+  schema chunk). Prompts are grouped by their longest common token prefix; the prefix is computed once per group,
+  its columns are seen by every answer of the group, and each prompt prefills only the rest.
 * **Jump-forward decoding.** When the grammar admits exactly one continuation text (``", "location": [``), its
-  tokens are fed to the model in the same forward pass as the token just chosen, instead of one pass each. The
-  pass gives the logits at every one of those positions, and each proposed token is kept only while it is
-  the greedy (masked arg-max) choice there, as in speculative decoding with the grammar as the draft: the
-  first mismatch is replaced by the greedy token and the rest is discarded (masked out of the cache). The
-  answer is therefore token for token the plain greedy answer, whatever tokenisation the grammar text gets.
+  tokens are fed in the same pass as the token just chosen instead of one pass each. The pass gives the logits at
+  every one of those positions, and each proposed token is kept only while it is the greedy (masked arg-max)
+  choice there, as in speculative decoding with the grammar as the draft: the first mismatch is replaced by the
+  greedy token and the rest is discarded (its columns become holes). The answer is therefore token for token the
+  plain greedy answer, whatever tokenisation the grammar text gets.
 
 Only plain greedy decoding runs here (no sampling, beams, repetition penalties or ``min_new_tokens``), and only
-for Hugging Face ``PreTrainedModel`` decoders whose cache is a plain ``DynamicCache``; anything else is left to
-``generate`` (:class:`~instructkgc.infer.hf_engine.HFEngine` decides).
+for Hugging Face ``PreTrainedModel`` decoders that take a 4-D attention mask (SDPA or eager attention; full or
+sliding-window layers); anything else is left to ``generate`` (:class:`~instructkgc.infer.hf_engine.HFEngine`
+decides).
 """
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
+from transformers import Cache
+from transformers.cache_utils import DynamicLayer
 
 MIN_PREFIX = 16  # shortest common prefix worth a cache of its own (tokens)
-MAX_DRAFT = 6  # forced tokens proposed per row and step
+MAX_DRAFT = 16  # forced tokens proposed per row and step
+NO_PREFIX = -2  # owner id no column has (holes are -1)
 
 
 @dataclass
 class DecodeStats:
     """What the loop did (summed over ``generate`` calls): model passes, tokens, reuse, forced tokens."""
 
-    decode_passes: int = 0  # forward passes over the running batch
+    decode_passes: int = 0  # forward passes (each decodes the running answers and prefills admitted prompts)
     new_tokens: int = 0  # answer tokens chosen (stop tokens included)
     forced_tokens: int = 0  # of those, proposed by the grammar and confirmed without a pass of their own
     prefill_tokens: int = 0  # prompt tokens run through the model
-    reused_tokens: int = 0  # prompt tokens taken from a shared prefix's cache instead
+    reused_tokens: int = 0  # prompt tokens taken from a shared prefix's columns instead
 
     @property
     def forced_share(self) -> float:
@@ -46,20 +55,34 @@ class DecodeStats:
 
 
 @dataclass
+class _Prefix:
+    owner: int  # id of its columns
+    waiting: int  # prompts of its group not admitted yet
+    users: int = 0  # admitted prompts of its group still decoding
+
+
+@dataclass
 class _Row:
     index: int  # position in the prompts
     grammar: object  # RowGrammar or None
+    owner: int  # id of its columns
+    prefix: Optional[_Prefix]
+    pending: list  # tokens to feed next pass: a prompt's rest, or the last chosen token + forced ones
+    length: int  # tokens of this answer in the cache (prefix included): the position of the next one
+    prefilling: bool = True  # ``pending`` is prompt text (logits needed after its last token only)
     tokens: list = field(default_factory=list)  # new tokens chosen so far
-    pending: list = field(default_factory=list)  # tokens to feed next pass: the last chosen + forced ones
-    length: int = 0  # tokens of this row in the cache (the position of the next one)
     done: bool = False
 
 
 def supports(model) -> bool:
-    """Whether :class:`GreedyLoop` can drive ``model`` (a ``PreTrainedModel`` decoder)."""
+    """Whether :class:`GreedyLoop` can drive ``model`` (a ``PreTrainedModel`` decoder taking 4-D masks)."""
     from transformers import PreTrainedModel
 
-    return isinstance(model, PreTrainedModel) and not model.config.is_encoder_decoder
+    if not isinstance(model, PreTrainedModel) or model.config.is_encoder_decoder:
+        return False
+    config = model.config
+    return (getattr(config, "_attn_implementation", "eager") in ("sdpa", "eager")
+            and set(getattr(config, "layer_types", None) or ()) <= {"full_attention", "sliding_attention"})
 
 
 def prefix_groups(prompts: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX) -> tuple[list[int], list[int]]:
@@ -106,25 +129,13 @@ class GreedyLoop:
         self.stats = DecodeStats()
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        config = model.config
+        self._layer_types = sorted(set(getattr(config, "layer_types", None) or ()))
+        windowed = "sliding_attention" in self._layer_types or (
+            not self._layer_types and getattr(config, "use_sliding_window", True))
+        self._window = getattr(config, "sliding_window", None) if windowed else None
+        self._additive = getattr(config, "_attn_implementation", "eager") != "sdpa"
         self._bitmask = None
-
-    # ---- model calls ---------------------------------------------------------------------------------------
-    def _forward(self, ids, mask, positions, cache, logits_to_keep: int):
-        device = self.model.device
-        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                         use_cache=True, logits_to_keep=logits_to_keep, **{self._cache_arg: cache})
-        return out.logits.float(), cache
-
-    def _prefill(self, prompt: Sequence[int], start: int, prefix_kv) -> tuple[torch.Tensor, list]:
-        """Logits after ``prompt`` and its cache (one (keys, values) per layer), computing from ``start`` on top
-        of ``prefix_kv`` (the cache of ``prompt[:start]``)."""
-        cache = _cache_of(prefix_kv or [])
-        rest = torch.tensor([prompt[start:]], dtype=torch.long)
-        positions = torch.arange(start, len(prompt)).unsqueeze(0)
-        logits, cache = self._forward(rest, torch.ones((1, len(prompt)), dtype=torch.long), positions, cache, 1)
-        self.stats.prefill_tokens += len(prompt) - start
-        self.stats.reused_tokens += start
-        return logits[0, -1], _layers(cache)
 
     # ---- choosing tokens -----------------------------------------------------------------------------------
     def _choose(self, row: _Row, logits: torch.Tensor) -> int:
@@ -161,126 +172,191 @@ class GreedyLoop:
             order, shared = prefix_groups(prompts)
         else:
             order, shared = list(range(len(prompts))), [0] * len(prompts)
-        queue = list(reversed(order))  # popped from the end
-        prefixes: dict[tuple, list] = {}
+        prefixes: dict[tuple, _Prefix] = {}
+        for i in order:
+            if shared[i]:
+                key = tuple(prompts[i][:shared[i]])
+                prefixes.setdefault(key, _Prefix(owner=-1, waiting=0)).waiting += 1
+        queue = deque(order)
+        columns = _Columns()
         rows: list[_Row] = []
-        kv: list = []  # per layer (keys, values) of the running batch: [rows, heads, columns, dim]
-        mask = torch.zeros((0, 0), dtype=torch.bool)  # which cache columns hold a real token, per row
+        self._ids = 0
         while queue or rows:
-            admitted = []
-            running = sum(not r.done for r in rows)
-            while queue and running + len(admitted) < self.batch_size:
-                i = queue.pop()
-                n = shared[i]
-                prefix_kv = None
-                if n:
-                    key = tuple(prompts[i][:n])
-                    if key not in prefixes:
-                        prefixes[key] = self._prefill(prompts[i][:n], 0, None)[1]
-                    prefix_kv = prefixes[key]
-                logits, row_kv = self._prefill(prompts[i], n, prefix_kv)
-                row = _Row(i, grammars[i], length=len(prompts[i]))
-                token = self._choose(row, logits)
-                if row.done:
-                    finished(i, row.tokens)
-                    continue
-                self._next_input(row, token)
-                admitted.append((row, row_kv))
-            if admitted or any(r.done for r in rows) or _holes(mask) > 16:
-                rows, kv, mask = _relayout(rows, kv, mask, admitted)
-            if not rows:
-                continue
-            kv, mask = self._step(rows, kv, mask)
+            segments = []  # (owner, owner of the prefix it sees, first position, tokens) fed this pass, in order
+            while queue and len(rows) < self.batch_size:
+                rows.append(self._admit(queue.popleft(), prompts, shared, grammars, prefixes, segments))
+            keep = []  # indices in the pass of the tokens whose logits are needed
+            start = sum(len(s[3]) for s in segments)
             for r in rows:
+                segments.append((r.owner, r.prefix.owner if r.prefix else NO_PREFIX, r.length, r.pending))
+                start += len(r.pending)
+                keep += [start - 1] if r.prefilling else range(start - len(r.pending), start)
+            logits = self._forward(columns, segments, keep)
+            self.stats.decode_passes += 1
+            first = 0
+            for r in rows:
+                fed = r.pending
+                used = 1 if r.prefilling else len(fed)
+                accepted = self._settle(r, logits[first:first + used])
+                first += used
+                columns.drop_tail(r.owner, len(fed) - accepted)  # forced tokens after a mismatch
                 if r.done:
                     finished(r.index, r.tokens)
+                    columns.drop(r.owner)
+                    if r.prefix is not None:
+                        r.prefix.users -= 1
+                        if not r.prefix.users and not r.prefix.waiting:
+                            columns.drop(r.prefix.owner)
+            rows = [r for r in rows if not r.done]
+            columns.compact()
 
-    def _step(self, rows: list[_Row], kv: list, mask: torch.Tensor):
-        """One forward pass over the running batch: every row's pending tokens, right-aligned."""
-        width = max(len(r.pending) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        new = torch.zeros((len(rows), width), dtype=torch.bool)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            w = len(r.pending)
-            ids[b, width - w:] = torch.tensor(r.pending)
-            new[b, width - w:] = True
-            positions[b] = r.length
-            positions[b, width - w:] = torch.arange(r.length, r.length + w)
-        cache = _cache_of(kv)
-        mask = torch.cat([mask, new], dim=1)
-        logits, cache = self._forward(ids, mask, positions, cache, width)
-        self.stats.decode_passes += 1
-        for b, r in enumerate(rows):
-            fed, start = r.pending, width - len(r.pending)
-            j = 0
-            while True:
-                token = self._choose(r, logits[b, start + j])
-                if r.done:
-                    break
-                if j + 1 < len(fed) and token == fed[j + 1]:
-                    j += 1  # the forced token is the greedy one: kept, its logits are already here
-                    self.stats.forced_tokens += 1
-                    continue
-                break
-            r.length += j + 1
-            mask[b, mask.shape[1] - width + start + j + 1:] = False  # forced tokens after a mismatch
-            if not r.done:
-                self._next_input(r, token)
-        return _layers(cache), mask
-
-
-def _cache_of(kv: list):
-    """A ``DynamicCache`` holding ``kv`` (the tensors themselves: ``update`` concatenates into new ones)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(kv):
-        cache.update(k[:, :, :0], v[:, :, :0], i)
-        cache.layers[i].keys, cache.layers[i].values = k, v
-    return cache
-
-
-def _layers(cache) -> list:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _holes(mask: torch.Tensor) -> int:
-    """Cache columns the longest row does not use."""
-    return 0 if mask.numel() == 0 else mask.shape[1] - int(mask.sum(1).max())
-
-
-def _relayout(rows: list[_Row], kv: list, mask: torch.Tensor, admitted: list):
-    """The batch without its finished rows, with the ``admitted`` rows (each with its own cache) added, every
-    row's real columns packed to the right (left padding) and the cache as wide as the longest row."""
-    keep = [b for b, r in enumerate(rows) if not r.done]
-    counts = mask.sum(1).tolist()
-    width = max([counts[b] for b in keep] + [r.length for r, _ in admitted] + [0])
-    new_rows = [rows[b] for b in keep] + [r for r, _ in admitted]
-    new_mask = torch.zeros((len(new_rows), width), dtype=torch.bool)
-    source = torch.zeros((len(keep), width), dtype=torch.long)  # old cache column of each new one (kept rows)
-    for j, b in enumerate(keep):
-        n = counts[b]
+    def _admit(self, i: int, prompts, shared, grammars, prefixes, segments: list) -> _Row:
+        """A row for prompt ``i``: its prompt's rest is prefilled in this pass, after its group's shared prefix
+        (added to ``segments`` if the group's first prompt)."""
+        n = shared[i]
+        prefix = None
         if n:
-            source[j, width - n:] = mask[b].nonzero().squeeze(1)
-            new_mask[j, width - n:] = True
-    for a, (r, _) in enumerate(admitted):
-        new_mask[len(keep) + a, width - r.length:] = True
-    keep_index = torch.tensor(keep, dtype=torch.long).unsqueeze(1)
-    padding = ~new_mask[:len(keep), None, :, None]
-    new_kv = []
-    layers = len(kv) if kv else len(admitted[0][1]) if admitted else 0
-    for layer in range(layers):
-        pair = []
-        for t in range(2):
-            ref = kv[layer][t] if kv else admitted[0][1][layer][t]
-            out = ref.new_empty((len(new_rows), ref.shape[1], width, ref.shape[3]))
-            if keep:  # one gather per layer: [kept rows, width, heads, dim], padding columns zeroed
-                out[:len(keep)] = kv[layer][t][keep_index, :, source].transpose(1, 2)
-                out[:len(keep)].masked_fill_(padding, 0.0)
-            for a, (r, row_kv) in enumerate(admitted):
-                out[len(keep) + a, :, :width - r.length] = 0.0
-                out[len(keep) + a, :, width - r.length:] = row_kv[layer][t][0]
-            pair.append(out)
-        new_kv.append(tuple(pair))
-    return new_rows, new_kv, new_mask
+            prefix = prefixes[tuple(prompts[i][:n])]
+            if prefix.owner < 0:
+                prefix.owner = self._new_id()
+                segments.append((prefix.owner, NO_PREFIX, 0, list(prompts[i][:n])))
+                self.stats.prefill_tokens += n
+            prefix.waiting -= 1
+            prefix.users += 1
+            self.stats.reused_tokens += n
+        self.stats.prefill_tokens += len(prompts[i]) - n
+        return _Row(i, grammars[i], self._new_id(), prefix, list(prompts[i][n:]), n)
+
+    def _new_id(self) -> int:
+        self._ids += 1
+        return self._ids - 1
+
+    def _settle(self, row: _Row, logits: torch.Tensor) -> int:
+        """Choose ``row``'s tokens from the logits of its pass (one row per fed token whose successor is needed)
+        and set what it feeds next; returns how many fed tokens stay in the cache (a forced token after a
+        mismatch does not)."""
+        fed = row.pending
+        if row.prefilling:
+            token, accepted = self._choose(row, logits[0]), len(fed)
+        else:
+            accepted = 1
+            while True:
+                token = self._choose(row, logits[accepted - 1])
+                if row.done or accepted >= len(fed) or token != fed[accepted]:
+                    break
+                accepted += 1  # the forced token is the greedy one: kept, its logits are already here
+                self.stats.forced_tokens += 1
+        row.length += accepted
+        row.prefilling = False
+        if not row.done:
+            self._next_input(row, token)
+        return accepted
+
+    def _forward(self, columns: "_Columns", segments: list, keep: list) -> torch.Tensor:
+        """Run the model over ``segments`` (appended to ``columns``) and return the logits at the packed
+        indices ``keep`` ([len(keep), vocab]) ."""
+        tokens = [t for s in segments for t in s[3]]
+        owners = torch.cat([torch.full((len(s[3]),), s[0], dtype=torch.long) for s in segments])
+        sees = torch.cat([torch.full((len(s[3]),), s[1], dtype=torch.long) for s in segments])
+        positions = torch.cat([torch.arange(s[2], s[2] + len(s[3])) for s in segments])
+        allowed = columns.append(owners, sees, positions, self._window)
+        device = self.model.device
+        full, windowed = allowed
+        if self._layer_types:
+            masks = {t: self._mask(windowed if t == "sliding_attention" else full, device) for t in self._layer_types}
+        else:
+            masks = self._mask(full if windowed is None else windowed, device)
+        out = self.model(input_ids=torch.tensor([tokens], device=device), attention_mask=masks,
+                         position_ids=positions.unsqueeze(0).to(device), use_cache=True,
+                         logits_to_keep=torch.tensor(keep, device=device), **{self._cache_arg: columns.cache})
+        return out.logits[0].float()
+
+    def _mask(self, allowed: torch.Tensor, device) -> torch.Tensor:
+        mask = allowed[None, None].to(device)
+        if not self._additive:
+            return mask
+        dtype = self.model.dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+class _Columns:
+    """The packed key/value cache: one row of columns, each with the owner id of the answer or prefix it belongs
+    to (-1: a hole) and its position."""
+
+    def __init__(self):
+        self.cache = Cache(layer_class_to_replicate=_ColumnLayer)
+        self.owner = torch.zeros(0, dtype=torch.long)
+        self.position = torch.zeros(0, dtype=torch.long)
+
+    def append(self, owners, sees, positions, window) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Add columns for the tokens of a pass and return which columns each of those tokens may attend to
+        ([tokens, columns]): its own or its prefix's, not later than itself; and, for a sliding ``window``, the
+        same within the window (``None`` without one)."""
+        old = len(self.owner)
+        self.owner = torch.cat([self.owner, owners])
+        self.position = torch.cat([self.position, positions])
+        causal = torch.arange(len(self.owner))[None, :] <= torch.arange(old, len(self.owner))[:, None]
+        allowed = ((self.owner[None, :] == owners[:, None]) | (self.owner[None, :] == sees[:, None])) & causal
+        if window is None:
+            return allowed, None
+        return allowed, allowed & (positions[:, None] - self.position[None, :] < window)
+
+    def drop(self, owner: int) -> None:
+        self.owner[self.owner == owner] = -1
+
+    def drop_tail(self, owner: int, count: int) -> None:
+        """Make the last ``count`` columns of ``owner`` holes (rejected forced tokens)."""
+        if count:
+            self.owner[(self.owner == owner).nonzero().squeeze(1)[-count:]] = -1
+
+    def compact(self) -> None:
+        """Drop the holes once they are half the columns."""
+        live = self.owner >= 0
+        if 2 * int(live.sum()) > len(self.owner):
+            return
+        index = live.nonzero().squeeze(1)
+        self.owner, self.position = self.owner[index], self.position[index]
+        for layer in self.cache.layers:
+            layer.keep(index)
+
+
+class _ColumnLayer(DynamicLayer):
+    """One layer's keys and values in a buffer that grows by doubling: ``update`` writes the new columns in place
+    and returns views of all of them (no copy of the whole cache per pass)."""
+
+    length = 0
+    buffers = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        new = key_states.shape[-2]
+        if self.buffers is None or self.length + new > self.buffers[0].shape[-2]:
+            self._resize(max(2 * (self.length + new), 256), key_states, value_states)
+        for buffer, states in zip(self.buffers, (key_states, value_states)):
+            buffer[..., self.length:self.length + new, :] = states
+        self.length += new
+        self._views()
+        return self.keys, self.values
+
+    def _resize(self, capacity, key_states, value_states) -> None:
+        old = self.buffers
+        self.buffers = tuple(s.new_empty((*s.shape[:-2], capacity, s.shape[-1])) for s in (key_states, value_states))
+        if old is not None:
+            for buffer, previous in zip(self.buffers, old):
+                buffer[..., :self.length, :] = previous[..., :self.length, :]
+        self.is_initialized = True
+
+    def _views(self) -> None:
+        self.keys, self.values = (b[..., :self.length, :] for b in self.buffers)
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the columns ``index`` (in that order)."""
+        if self.buffers is None:
+            return
+        index = index.to(self.buffers[0].device)
+        for buffer in self.buffers:
+            buffer[..., :len(index), :] = buffer.index_select(-2, index)
+        self.length = len(index)
+        self._views()
+
+    def get_seq_length(self) -> int:
+        return self.length

@@ -107,3 +107,20 @@ def test_real_benchmark_folder_zero_shot(tiny_model_dir, tmp_path):
     assert list(summary["results"]) == ["zero-shot"] and summary["training"] is None
     row = summary["results"]["zero-shot"]["on"]
     assert row["strings_in_text"] == row["strings"]
+
+
+def test_chinese_dataset_folder(tiny_model_dir, tmp_path):
+    """The same command on a Chinese folder (--language zh): Chinese instructions, grounded spans of the text."""
+    out = tmp_path / "out"
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for name, source in (("train.json", "sample.json"), ("test.json", "sample.json"), ("schema.json", "schema.json")):
+        (folder / name).write_text((REPO / "data" / "NER" / source).read_text(encoding="utf-8"), encoding="utf-8")
+    res = _run(["--dataset", folder, "--task", "NER", "--language", "zh", "--model", tiny_model_dir, "--template",
+                "llama2", "--limit", 2, "--dev_size", 2, "--budget_minutes", 0, "--grounded", "on",
+                "--max_new_tokens", 32, "--out", out])
+    assert res.returncode == 0, res.stderr[-3000:]
+    first = json.loads((out / "instructions" / "test_all_orders.json").read_text(encoding="utf-8").splitlines()[0])
+    assert "实体" in json.loads(first["instruction"])["instruction"]  # the Chinese instruction sentence
+    row = json.loads((out / "summary.json").read_text(encoding="utf-8"))["results"]["zero-shot"]["on"]
+    assert row["strings_in_text"] == row["strings"]

@@ -120,10 +120,14 @@ def test_fixed_and_free_parts_are_kept(compiler):
 
 
 def test_a_model_that_writes_non_spans_cannot(tiny_model_dir, tmp_path):
-    """The random tiny model writes strings that are not in the input; grounded, every string is a span."""
+    """The random tiny model, nudged to open strings (tokens starting with a quote get +5), writes strings that are
+    not in the input; grounded, it still writes strings, and every one is a span."""
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     template = get_template_and_fix_tokenizer("llama2", tok)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    quotes = torch.tensor([i for i in range(len(tok)) if tok.decode([i]).startswith('"')])
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: out.index_add_(
+        -1, quotes, torch.full((*out.shape[:-1], len(quotes)), 5.0)))
     texts = ["Marie Curie worked in Paris with Pierre .", 'He said "no" to the \\ company Acme in 2019 .']
     records = [{"task": "NER", "instruction": json.dumps(
         {"instruction": "extract", "schema": ["person", "location", "organization"], "input": t})} for t in texts]
@@ -150,3 +154,21 @@ def test_grounded_schema_carries_the_input():
     record = {"task": "RE", "instruction": json.dumps({"instruction": "x", "schema": ["r"], "input": "A B"})}
     assert answer_schema(record, grounded=True)[SPAN_TEXT] == "A B"
     assert SPAN_TEXT not in answer_schema(record)
+
+
+def test_closing_text_from_every_point_of_a_grounded_answer(tiny_model_dir):
+    """The closing policy can finish a grounded answer from anywhere, also just after a span's opening quote and
+    when the text's own words are separators (``,`` ``:`` ``)``): it writes a word of the text, then closes."""
+    from instructkgc.infer.constrained import GrammarCache
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    text = "Abbas II ( full name : Abbas Hilmy ) , born 2009 ."
+    schema = {**NER, SPAN_TEXT: text}
+    answer = '{"a": [".", "Abbas II ( full name :", ", born 2009"], "b": [")"]}'
+    for end in range(len(answer)):
+        m = cache.matcher(schema)
+        assert m.accept_string(answer[:end].encode())
+        closing = cache.closing_text(m, 200)
+        assert closing is not None, answer[:end]
+        assert m.accept_string(closing) and m.is_completed(), (answer[:end], closing)

@@ -26,17 +26,32 @@ from .grammar import JSON_GRAMMAR_OPTIONS, SPAN_TEXT, answer_grammar
 EXTRA = "pip install 'instructkgc[constrained]'"
 _CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order outside strings
 _CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuation bytes
+# last resort inside a string that cannot end here (a span of the input text just opened or in mid-word): any
+# printable character the grammar takes, the span's own rule then forcing the rest of its word
+_PRINTABLE = tuple(bytes([b]) for b in range(0x21, 0x7F) if b not in b'"\\')
 
 
 def _after_string(matcher) -> bool:
     """Whether ``matcher`` (just past a quote) is outside a string: the quote closed one, it did not open one.
 
-    Inside a free string any character may follow; inside a key of a fixed set (an opening quote) neither a
-    letter nor a separator may; after a closing quote a separator (or the end) must.
+    Inside a free string any character may follow; after a closing quote only structure may: the end, ``, "``
+    (a raw quote is never string content), a key's ``: "`` / ``: [`` / ``: {``, or a closing bracket followed by
+    structure. (A span of the input text may start with a comma, a colon or a bracket: those alone decide
+    nothing.)
     """
     if matcher.fork().accept_string(b"a"):
         return False
-    return matcher.is_completed() or any(matcher.fork().accept_string(c) for c in (b":", b",", b"}", b"]"))
+    return _structure_follows(matcher, 2)
+
+
+def _structure_follows(matcher, depth: int) -> bool:
+    if matcher.is_completed() or any(matcher.fork().accept_string(s) for s in (b', "', b': "', b': [', b': {')):
+        return True
+    for bracket in (b"]", b"}"):
+        after = matcher.fork()
+        if depth and after.accept_string(bracket) and _structure_follows(after, depth - 1):
+            return True
+    return False
 
 
 def require_xgrammar():
@@ -85,7 +100,8 @@ class GrammarCache:
 
         Character by character: a multi-byte character in progress is finished first; forced text (keys,
         separators) is taken as xgrammar's jump-forward string; inside a string a quote closes it; otherwise
-        ``]`` / ``}`` close a container; a value still owed is the emptiest one (``[]``, ``""``, ``{}``...).
+        ``]`` / ``}`` close a container; a value still owed is the emptiest one (``[]``, ``""``, ``{}``...); a
+        span of the input text that cannot end yet gets any character that continues it.
         """
         sim = matcher.fork()
         out: list[bytes] = []
@@ -104,7 +120,7 @@ class GrammarCache:
             if probe.accept_string(b'"') and _after_string(probe):
                 sim, step = probe, b'"'  # the quote ended a string
             else:
-                step = next((c for c in _CLOSERS + _CONTINUATIONS if sim.fork().accept_string(c)), None)
+                step = next((c for c in _CLOSERS + _CONTINUATIONS + _PRINTABLE if sim.fork().accept_string(c)), None)
                 if step is None:
                     return None
                 sim.accept_string(step)

@@ -36,7 +36,8 @@ logger = get_logger(__name__)
 EXTRA = "pip install 'instructkgc[ray]'"
 RETRIES = 2  # per block: user errors retried in place, a dead worker restarted
 CPUS_PER_WORKER = 1  # and as many torch threads when the worker has no GPU
-MIN_BLOCKS = 16  # blocks a run is cut into at least (load balance; the unit a crash can lose)
+MIN_BLOCKS = 16  # blocks a run is cut into at least (progress; the unit a crash can lose)
+BLOCKS_PER_WORKER = 4  # and at least this many per worker: the workers finish within about a block of each other
 
 
 @dataclass
@@ -320,7 +321,8 @@ def _generate(ray, job, ray_args, items, pending, shards, rows) -> Optional[str]
     context.enable_progress_bars = sys.stderr.isatty()
     context.retried_map_errors, context.max_map_retries = True, RETRIES
     context.max_errored_blocks = -1  # a block failing its retries is reported by id, the others go on
-    rows_per_block = max(1, min(job.block_rows(), math.ceil(len(pending) / MIN_BLOCKS)))
+    blocks = max(MIN_BLOCKS, BLOCKS_PER_WORKER * workers)
+    rows_per_block = max(1, min(job.block_rows(), math.ceil(len(pending) / blocks)))
     ds = ray.data.from_items([{"key": k, "item": dumps(items[k][1])} for k in pending],
                              override_num_blocks=math.ceil(len(pending) / rows_per_block))
     with warnings.catch_warnings():  # bounded restarts have no named parameter yet (Ray's default: forever)

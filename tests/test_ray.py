@@ -186,3 +186,31 @@ def test_bad_input_fails_before_ray_work(tiny_model_dir, tmp_path, capsys):
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert err.startswith(f"{bad}:2: invalid JSON")
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "out.json.parts").exists()
+
+
+def test_parquet_input_on_ray_writes_what_one_process_writes_from_jsonl(tiny_model_dir, records, one_process,
+                                                                        tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines()]
+    table = tmp_path / "test.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    out = tmp_path / "ray.json"
+    counts = infer_run(infer_argv(tiny_model_dir, table, out, "--ray", "--num_workers", "2"))
+    assert out.read_bytes() == one_process[0]
+    assert counts.as_dict() == one_process[1].as_dict()
+
+
+def test_bad_parquet_fails_before_ray_work(tiny_model_dir, tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([{"instruction": "x"}, {"instruction": None}]), bad)
+    with pytest.raises(SystemExit) as exc:
+        infer_main(infer_argv(tiny_model_dir, bad, tmp_path / "out.json", "--ray"))
+    assert exc.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err == f"{bad}:2: record has no 'instruction' string"
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "out.json.parts").exists()

@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="schema file (convert_func's 3-line format) or inline JSON: '[\"person\", \"org\"]'; "
                         "for EE/EEA/KG an object type -> roles / attributes")
     p.add_argument("--input", required=True,
-                   help="text file (one document per line), JSONL/JSON with a 'text' field, or - for stdin")
-    p.add_argument("--input_format", default="auto", choices=["auto", "text", "jsonl"])
+                   help="text file (one document per line), JSONL/JSON with a 'text' field, Parquet with a 'text' "
+                        "column, or - for stdin")
+    p.add_argument("--input_format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
     p.add_argument("--output", required=True, help="output file (- for stdout); a directory for --format neo4j")
     p.add_argument("--format", default="jsonl", choices=FORMATS)
     p.add_argument("--model_name_or_path", required=True)

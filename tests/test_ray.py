@@ -214,3 +214,27 @@ def test_bad_parquet_fails_before_ray_work(tiny_model_dir, tmp_path, capsys):
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert err == f"{bad}:2: record has no 'instruction' string"
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "out.json.parts").exists()
+
+
+def test_ray_vllm_without_vllm_names_the_extra(tiny_model_dir, records, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(SystemExit) as exc:
+        infer_main(infer_argv(tiny_model_dir, records, tmp_path / "out.json", "--ray", "--backend", "vllm"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --backend vllm needs vLLM (a CUDA machine): pip install 'instructkgc[vllm]'"
+    assert not (tmp_path / "out.json.parts").exists()
+
+
+def test_ray_vllm_without_rays_llm_processor_says_so(monkeypatch):
+    import types
+
+    from instructkgc.utils import UsageError
+
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "ray.data.llm", None)
+    with pytest.raises(UsageError) as err:
+        distributed.require_ray_llm()
+    assert str(err.value).startswith("--ray --backend vllm runs on Ray's LLM processor (ray.data.llm), which does "
+                                     "not import here (")
+    assert "\n" not in str(err.value)

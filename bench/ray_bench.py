@@ -11,9 +11,12 @@ loads the model and answers a warm-up batch (the first ``--batch_size`` items, a
 reports ready, and Ray Data is told to start no block before the whole pool is ready. Timed: from the first
 block's start to the moment every ordered output line is back on the driver (the Ray path itself: blocks,
 actor pool, shards, ordering); the final file writing (for extract: resolution and the output format) is
-reported separately. Printed for each pool: start-up, timed seconds, items/s, each worker's blocks, busy and
-CPU seconds, the driver's CPU seconds; then whether both runs wrote the same lines, the load average, and last:
-``ray: 2 workers <X>x 1 worker (<k>/<n> identical)``.
+reported separately. Printed for each pool: start-up, timed seconds, items/s, the driver's CPU seconds; for each
+worker its blocks, busy and CPU seconds, and how long it waited (before and between blocks, and at the end while
+the other finished); where the machine's CPU went in the timed part (workers' blocks, the rest of this Ray
+session: driver, Ray's own processes, actor threads; other processes). Then whether both runs wrote the same
+lines, the load average, and last: ``ray: 2 workers <X>x 1 worker (<k>/<n> identical)``. Measure on an idle
+machine: the CPU lines show how much of it other processes took.
 """
 from __future__ import annotations
 
@@ -172,21 +175,25 @@ class Timer:
             wrote["end"] = time.time()
 
         totals, reused = self.real_run(job, items, ray_args, output, timed_write)
-        blocks = [(k.split(":")[1], k.rsplit(":", 1)[1], v) for k, v in totals.items() if k.startswith(TIMING)]
-        starts = [v for _, what, v in blocks if what == "start"]
+        blocks: dict = {}  # (pid, block) -> {"start", "end", "cpu"}
+        for key, value in totals.items():
+            if key.startswith(TIMING):
+                _, pid, block, what = key.split(":")
+                blocks.setdefault((pid, block), {})[what] = value
+        first, collected = min(b["start"] for b in blocks.values()), wrote["start"]
         workers: dict = {}
-        for pid, what, v in blocks:
-            w = workers.setdefault(pid, {"blocks": 0, "busy": 0.0, "cpu": 0.0})
-            if what == "start":
-                w["blocks"] += 1
-                w["busy"] -= v
-            elif what == "end":
-                w["busy"] += v
-            else:
-                w["cpu"] += v
-        self.result = {"items": len(items), "startup": min(starts) - called, "timed": wrote["start"] - min(starts),
+        for (pid, _), b in sorted(blocks.items(), key=lambda kv: kv[1]["start"]):
+            w = workers.setdefault(pid, {"blocks": 0, "busy": 0.0, "cpu": 0.0, "idle": 0.0, "last": first})
+            w["blocks"] += 1
+            w["busy"] += b["end"] - b["start"]
+            w["cpu"] += b["cpu"]
+            w["idle"] += b["start"] - w["last"]  # waiting for its first block, then between blocks
+            w["last"] = b["end"]
+        for w in workers.values():
+            w["tail"] = collected - w.pop("last")  # done, while the others finish and the lines come back
+        self.result = {"items": len(items), "startup": first - called, "timed": collected - first,
                        "write": wrote["end"] - wrote["start"], "driver_cpu": wrote["cpu"], "workers": workers,
-                       "cpu": self.sampler.between(min(starts), wrote["start"])}
+                       "cpu": self.sampler.between(first, collected)}
         return {k: v for k, v in totals.items() if not k.startswith(TIMING)}, reused
 
 
@@ -236,7 +243,7 @@ def main(argv=None) -> None:
     p.add_argument("--command", choices=["extract", "inference"], default="extract")
     p.add_argument("--model", default=None, help="model folder, or smollm2 (default: the tiny random model)")
     p.add_argument("--items", type=int, default=None,
-                   help="documents (extract) or records (inference) (default: tiny 2000 / 4000, others 96)")
+                   help="documents (extract) or records (inference) (default: tiny 2400 / 4800, others 96)")
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray session")
@@ -245,7 +252,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
 
-    n = args.items or (96 if args.model else 2000 if args.command == "extract" else 4000)
+    n = args.items or (96 if args.model else 2400 if args.command == "extract" else 4800)
     unit = "documents" if args.command == "extract" else "records"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -267,11 +274,12 @@ def main(argv=None) -> None:
                 command(args, model, src, out, workers)
             r = results[workers] = timer.result
             outputs[workers] = out.read_text(encoding="utf-8").splitlines()
-            busy = "; ".join(f"{w['blocks']} blocks, busy {w['busy']:.1f} s, CPU {w['cpu']:.1f} s"
-                             for w in r["workers"].values())
             print(f"{workers} worker{'s' if workers > 1 else ' '}: start-up {r['startup']:5.1f} s, timed "
-                  f"{r['timed']:6.1f} s, {n / r['timed']:7.2f} {unit}/s, output writing {r['write']:.1f} s, "
-                  f"driver CPU {r['driver_cpu']:.1f} s; workers: {busy}")
+                  f"{r['timed']:6.1f} s, {n / r['timed']:7.2f} {unit}/s, then output writing {r['write']:.1f} s; "
+                  f"driver CPU {r['driver_cpu']:.1f} s")
+            for pid, w in r["workers"].items():
+                print(f"{'':11}worker {pid}: {w['blocks']} blocks, busy {w['busy']:.1f} s (CPU {w['cpu']:.1f} s), "
+                      f"idle {w['idle']:.1f} s before and between blocks, {w['tail']:.1f} s at the end")
             machine, tree = r["cpu"]
             blocks = sum(w["cpu"] for w in r["workers"].values())
             print(f"{'':11}CPU-s in the timed part: whole machine {machine:.1f} of {os.cpu_count() * r['timed']:.1f}; "

@@ -238,3 +238,17 @@ def test_ray_vllm_without_rays_llm_processor_says_so(monkeypatch):
     assert str(err.value).startswith("--ray --backend vllm runs on Ray's LLM processor (ray.data.llm), which does "
                                      "not import here (")
     assert "\n" not in str(err.value)
+
+
+def test_ray_vllm_needs_whole_gpus_per_worker_and_gpus(tiny_model_dir, records, tmp_path, monkeypatch, capsys):
+    from instructkgc.utils import UsageError
+
+    monkeypatch.setattr(distributed, "require_ray_llm", lambda: None)  # as if vLLM and ray.data.llm were there
+    with pytest.raises(SystemExit) as exc:
+        infer_main(infer_argv(tiny_model_dir, records, tmp_path / "out.json", "--ray", "--backend", "vllm",
+                              "--gpus_per_worker", "0.5"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: --ray --backend vllm: --gpus_per_worker is the "
+                                               "tensor-parallel size of each engine, a whole number, got 0.5")
+    with pytest.raises(UsageError, match="runs vLLM engines on GPUs: the cluster has none"):
+        distributed.VLLMInferJob.dataset(None, ray, None, workers=2, gpus=0.0, rows_per_block=8)

@@ -332,11 +332,11 @@ class VLLMInferJob(InferJob):
         return {"key": int(row["key"]), "counts": json.dumps(counts.as_dict()), "line": line}
 
     def dataset(self, ray, ds, workers, gpus, rows_per_block):
-        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
         if not gpus:
             raise UsageError("--ray --backend vllm runs vLLM engines on GPUs: the cluster has none (or "
                              "--gpus_per_worker is 0); use --backend hf")
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
         config = vLLMEngineProcessorConfig(**self.processor_config(workers))
         return build_processor(config, preprocess=self.request, postprocess=self.answer)(ds)
 

@@ -252,3 +252,16 @@ def test_ray_vllm_needs_whole_gpus_per_worker_and_gpus(tiny_model_dir, records, 
                                                "tensor-parallel size of each engine, a whole number, got 0.5")
     with pytest.raises(UsageError, match="runs vLLM engines on GPUs: the cluster has none"):
         distributed.VLLMInferJob.dataset(None, ray, None, workers=2, gpus=0.0, rows_per_block=8)
+
+
+def test_extract_ray_vllm_engines_get_the_workers_gpus_as_tensor_parallel_size(monkeypatch):
+    import instructkgc.infer
+    from instructkgc.extract.command import build_parser, load_engine
+
+    seen = []
+    monkeypatch.setattr(instructkgc.infer, "build_engine", lambda *a: seen.append(a[4]) or (None, None, None))
+    base = ["--task", "NER", "--schema", '["person"]', "--input", "x", "--output", "y", "--model_name_or_path", "m"]
+    for extra in (["--backend", "vllm", "--ray", "--gpus_per_worker", "2"], ["--backend", "vllm"],
+                  ["--ray", "--gpus_per_worker", "2"]):
+        load_engine(build_parser().parse_args(base + extra), constrained=False)
+    assert [a.tensor_parallel_size for a in seen] == [2, 1, 1]

@@ -130,6 +130,9 @@ def load_engine(args, constrained: bool):
     data_args = DataArguments(template=args.template, cutoff_len=args.cutoff_len)
     generating_args = GenerationArguments(max_new_tokens=args.max_new_tokens)
     infer_args = InferArguments(batch_size=args.batch_size, backend=args.backend, constrained_decoding=constrained)
+    gpus = getattr(args, "gpus_per_worker", None)
+    if args.backend == "vllm" and getattr(args, "ray", None) is not None and gpus and gpus >= 1:
+        infer_args.tensor_parallel_size = int(gpus)  # --ray: the GPUs of each worker's engine
     return build_engine(model_args, data_args, FinetuningArguments(finetuning_type="lora"), generating_args,
                         infer_args)
 

@@ -1,4 +1,5 @@
-"""Reading and writing records: JSON / JSONL input streamed record by record, atomic output, one-line errors."""
+"""Reading and writing records: JSON / JSONL / Parquet input streamed record by record, atomic output, one-line
+errors."""
 from __future__ import annotations
 
 import codecs
@@ -219,19 +220,26 @@ _RAW_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def read_records(path: str | os.PathLike, what: str = "record", fast: bool = False,
                  strict_text: bool = True) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` from a JSON Lines file or a file holding one JSON array.
+    """Yield ``(line_number, record)`` from a JSON Lines file, a file holding one JSON array, or a Parquet file.
 
-    The format is detected from the first non-blank character. Both are streamed, so memory does not grow
-    with the file. Blank lines are skipped. Every problem raises :class:`InputError` with the line number.
-    ``fast``: JSON Lines are decoded with :func:`fast_loads` (see its caveat). ``strict_text``: a string with
-    a lone surrogate (``"\\ud800"``, valid JSON but not Unicode text) is refused; pass False where such text
-    is only scored, never written back (model answers in evaluation).
+    The format is detected from the first bytes (Parquet also from a ``.parquet`` / ``.pq`` name); for
+    Parquet the "line number" is the row number (from 1) and every row is a record, its columns the fields
+    (:func:`read_parquet`). All three are streamed, so memory does not grow with the file. Blank lines are
+    skipped. Every problem raises :class:`InputError` with the line number. ``fast``: JSON Lines are decoded
+    with :func:`fast_loads` (see its caveat). ``strict_text``: a string with a lone surrogate (``"\\ud800"``,
+    valid JSON but not Unicode text) is refused; pass False where such text is only scored, never written back
+    (model answers in evaluation).
     """
     try:
         f = open(path, "rb")
     except OSError as err:
         raise InputError(path, None, f"cannot open: {err.strerror}") from None
     with f:
+        if is_parquet(path, f.read(len(PARQUET_MAGIC))):
+            f.close()
+            yield from read_parquet(path)
+            return
+        f.seek(0)
         first = b""
         while True:
             first = f.readline()
@@ -347,6 +355,72 @@ def _read_array(f: IO[bytes], path, what: str, strict_text: bool) -> Iterator[tu
         pos = end
     if started and not ended:
         raise InputError(path, line, "invalid JSON: the array is not closed")
+
+
+# ---- Parquet ----------------------------------------------------------------------------------------------------
+PARQUET_MAGIC = b"PAR1"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+PARQUET_EXTRA = "pip install pyarrow"
+PARQUET_BATCH = 1024  # rows decoded at a time
+
+
+def is_parquet(path: str | os.PathLike, head: bytes) -> bool:
+    """A Parquet file: named ``*.parquet`` / ``*.pq``, or starting with Parquet's magic bytes ``head``."""
+    return head.startswith(PARQUET_MAGIC) or str(path).lower().endswith(PARQUET_SUFFIXES)
+
+
+def _json_type_problem(name: str, dtype) -> str | None:
+    """Why values of the Arrow type ``dtype`` (column or field ``name``) cannot be JSON values, or None."""
+    import pyarrow.types as t
+
+    if t.is_dictionary(dtype):
+        return _json_type_problem(name, dtype.value_type)
+    if (t.is_null(dtype) or t.is_boolean(dtype) or t.is_integer(dtype) or t.is_floating(dtype)
+            or t.is_string(dtype) or t.is_large_string(dtype) or getattr(t, "is_string_view", lambda _: False)(dtype)):
+        return None
+    if t.is_list(dtype) or t.is_large_list(dtype) or t.is_fixed_size_list(dtype):
+        return _json_type_problem(f"{name}[]", dtype.value_type)
+    if t.is_struct(dtype):
+        for k in range(dtype.num_fields):
+            problem = _json_type_problem(f"{name}.{dtype.field(k).name}", dtype.field(k).type)
+            if problem:
+                return problem
+        return None
+    return (f"column '{name}' holds {dtype} values, which have no JSON form (records need strings, numbers, "
+            "booleans, nulls, lists and structs)")
+
+
+def read_parquet(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(row_number, record)`` from a Parquet file, ``PARQUET_BATCH`` rows at a time: each row a dict of
+    its columns in schema order (null values are None). Column types without a JSON form (binary, dates,
+    timestamps, decimals, maps) are refused before the first row, with the column named."""
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(path, None, f"reading Parquet needs pyarrow: {PARQUET_EXTRA}") from None
+    try:
+        f = pq.ParquetFile(path)
+        schema = f.schema_arrow
+    except (pyarrow.ArrowException, OSError) as err:
+        raise InputError(path, None, f"not a readable Parquet file: {one_line(str(err))}") from None
+    with f:
+        for field in schema:
+            problem = _json_type_problem(field.name, field.type)
+            if problem:
+                raise InputError(path, None, problem)
+        row = 0
+        batches = f.iter_batches(batch_size=PARQUET_BATCH)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pyarrow.ArrowException, OSError) as err:
+                raise InputError(path, row + 1, f"unreadable Parquet data: {one_line(str(err))}") from None
+            if batch is None:
+                return
+            for rec in batch.to_pylist():
+                row += 1
+                yield row, rec
 
 
 @contextlib.contextmanager

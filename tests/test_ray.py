@@ -186,3 +186,82 @@ def test_bad_input_fails_before_ray_work(tiny_model_dir, tmp_path, capsys):
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert err.startswith(f"{bad}:2: invalid JSON")
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "out.json.parts").exists()
+
+
+def test_parquet_input_on_ray_writes_what_one_process_writes_from_jsonl(tiny_model_dir, records, one_process,
+                                                                        tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines()]
+    table = tmp_path / "test.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    out = tmp_path / "ray.json"
+    counts = infer_run(infer_argv(tiny_model_dir, table, out, "--ray", "--num_workers", "2"))
+    assert out.read_bytes() == one_process[0]
+    assert counts.as_dict() == one_process[1].as_dict()
+
+
+def test_bad_parquet_fails_before_ray_work(tiny_model_dir, tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([{"instruction": "x"}, {"instruction": None}]), bad)
+    with pytest.raises(SystemExit) as exc:
+        infer_main(infer_argv(tiny_model_dir, bad, tmp_path / "out.json", "--ray"))
+    assert exc.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err == f"{bad}:2: record has no 'instruction' string"
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "out.json.parts").exists()
+
+
+def test_ray_vllm_without_vllm_names_the_extra(tiny_model_dir, records, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(SystemExit) as exc:
+        infer_main(infer_argv(tiny_model_dir, records, tmp_path / "out.json", "--ray", "--backend", "vllm"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --backend vllm needs vLLM (a CUDA machine): pip install 'instructkgc[vllm]'"
+    assert not (tmp_path / "out.json.parts").exists()
+
+
+def test_ray_vllm_without_rays_llm_processor_says_so(monkeypatch):
+    import types
+
+    from instructkgc.utils import UsageError
+
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "ray.data.llm", None)
+    with pytest.raises(UsageError) as err:
+        distributed.require_ray_llm()
+    assert str(err.value).startswith("--ray --backend vllm runs on Ray's LLM processor (ray.data.llm), which does "
+                                     "not import here (")
+    assert "\n" not in str(err.value)
+
+
+def test_ray_vllm_needs_whole_gpus_per_worker_and_gpus(tiny_model_dir, records, tmp_path, monkeypatch, capsys):
+    from instructkgc.utils import UsageError
+
+    monkeypatch.setattr(distributed, "require_ray_llm", lambda: None)  # as if vLLM and ray.data.llm were there
+    with pytest.raises(SystemExit) as exc:
+        infer_main(infer_argv(tiny_model_dir, records, tmp_path / "out.json", "--ray", "--backend", "vllm",
+                              "--gpus_per_worker", "0.5"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: --ray --backend vllm: --gpus_per_worker is the "
+                                               "tensor-parallel size of each engine, a whole number, got 0.5")
+    with pytest.raises(UsageError, match="runs vLLM engines on GPUs: the cluster has none"):
+        distributed.VLLMInferJob.dataset(None, ray, None, workers=2, gpus=0.0, rows_per_block=8)
+
+
+def test_extract_ray_vllm_engines_get_the_workers_gpus_as_tensor_parallel_size(monkeypatch):
+    import instructkgc.infer
+    from instructkgc.extract.command import build_parser, load_engine
+
+    seen = []
+    monkeypatch.setattr(instructkgc.infer, "build_engine", lambda *a: seen.append(a[4]) or (None, None, None))
+    base = ["--task", "NER", "--schema", '["person"]', "--input", "x", "--output", "y", "--model_name_or_path", "m"]
+    for extra in (["--backend", "vllm", "--ray", "--gpus_per_worker", "2"], ["--backend", "vllm"],
+                  ["--ray", "--gpus_per_worker", "2"]):
+        load_engine(build_parser().parse_args(base + extra), constrained=False)
+    assert [a.tensor_parallel_size for a in seen] == [2, 1, 1]

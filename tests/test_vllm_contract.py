@@ -300,3 +300,137 @@ def test_no_repeat_ngram_processor_equals_transformers(vllm):
             ours = proc.apply(torch.zeros(1, 8))
             theirs = NoRepeatNGramLogitsProcessor(n)(torch.tensor([ids]), torch.zeros(1, 8))
             assert torch.equal(ours, theirs), (n, ids)
+
+
+# ---- --ray --backend vllm: Ray's LLM processor is given what the vLLM engine gives vllm.LLM ----------------------
+def ray_llm(vllm):
+    """Ray's batch LLM module and its vLLM stage's request builder (they import with the small packages of the
+    vLLM folder: aiohttp), or skip."""
+    pytest.importorskip("ray")
+    try:
+        import ray.data.llm as llm
+        from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMEngineWrapper
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"ray.data.llm does not import here: {type(exc).__name__}: {exc}")
+    return llm, vLLMEngineWrapper
+
+
+def through_ray_rows(rows):
+    """Rows as Ray Data hands them from the preprocess map to the engine stage: stored as Arrow (one struct
+    column), read back as numpy objects (lists become arrays)."""
+    import pyarrow as pa
+
+    column = pa.Table.from_pylist([{"__data": row} for row in rows]).column("__data")
+    return list(column.to_numpy(zero_copy_only=False))
+
+
+def ray_request(wrapper_cls, model_source, row):
+    """What Ray's vLLM stage sends the engine for one row: its own ``_prepare_llm_request``, on a wrapper without
+    an engine (that method reads only the row and the LoRA table)."""
+    import asyncio
+
+    wrapper = object.__new__(wrapper_cls)
+    wrapper.task_type, wrapper.idx_in_batch_column, wrapper.request_id = "generate", "__idx", 0
+    wrapper.model, wrapper.dynamic_lora_loading_path, wrapper.lora_name_to_request = model_source, None, {}
+
+    async def prepare():
+        wrapper.lora_lock = asyncio.Lock()
+        return await wrapper._prepare_llm_request({**row, "__idx": 0})
+
+    return asyncio.run(prepare())
+
+
+def ray_job(tiny_model_dir, records, out, *extra):
+    from instructkgc import distributed
+    from instructkgc.args import parse_infer_args
+
+    model_args, data_args, _, finetuning_args, generating_args, infer_args = parse_infer_args(
+        ["--model_name_or_path", tiny_model_dir, "--template", "llama2", "--input_file", str(records),
+         "--output_file", str(out), "--cutoff_len", "512", "--backend", "vllm", "--ray", *extra])
+    return distributed.vllm_job(model_args, data_args, finetuning_args, generating_args, infer_args)
+
+
+def test_ray_processor_config_and_requests(vllm, tiny_model_dir, tmp_path):
+    """The processor config is Ray's real class with the vLLM engine's ``vllm.LLM`` arguments (valid for vLLM's
+    engine arguments); every row becomes, in Ray's own stage code, the prompt ids, ``SamplingParams`` (stops,
+    budget, grammar) and LoRA request that the single-process engine sends."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from ie2instruction.io import dumps
+    from instructkgc import distributed
+    from instructkgc.infer import SamplingSettings
+    from instructkgc.infer.constrained import schema_ebnf
+    from instructkgc.infer.records import answer_schema
+    from instructkgc.infer.vllm_engine import llm_kwargs, lora_request, sampling_params
+    from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer, stop_token_ids
+
+    llm, wrapper_cls = ray_llm(vllm)
+    adapter = tmp_path / "lora"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    records = convert("RE", tmp_path / "re.json", n=3)
+    job = ray_job(tiny_model_dir, records, tmp_path / "out.json", "--checkpoint_dir", str(adapter),
+                  "--constrained_decoding", "--max_new_tokens", "40", "--gpus_per_worker", "2")
+    kwargs = job.processor_config(workers=3)
+    config = llm.vLLMEngineProcessorConfig(**kwargs)
+    assert (config.model_source, config.concurrency, config.batch_size) == (tiny_model_dir, 3, job.block_rows())
+    assert not (config.tokenize_stage or config.detokenize_stage or config.chat_template_stage)
+    settings = SamplingSettings(max_new_tokens=40)
+    fresh = job.processor_config(workers=3)["engine_kwargs"]  # (the config's validator adds its task_type)
+    assert {"model": config.model_source, **fresh} == llm_kwargs(
+        tiny_model_dir, str(adapter), job.model_args, job.infer_args, settings, "float16", 512 + 40)
+    engine_kwargs = {k: v for k, v in config.engine_kwargs.items() if k != "task_type"}  # as Ray's stage does
+    engine_args = AsyncEngineArgs(model=config.model_source, runner="generate", **engine_kwargs)
+    assert (engine_args.enable_lora, engine_args.tensor_parallel_size, engine_args.max_model_len) == (True, 2, 552)
+    assert engine_args.structured_outputs_config.backend == "xgrammar"
+
+    tok = job._state()[0]
+    template = get_template_and_fix_tokenizer("llama2", tok)
+    items = distributed.inference_items(job.infer_args)
+    rows = [{"key": k, "item": dumps(item)} for k, (_, item) in enumerate(items)]
+    rows = through_ray_rows([{**row, **job.request(row)} for row in rows])
+    for (_, item), row in zip(items, rows):
+        request = ray_request(wrapper_cls, config.model_source, row)
+        ids, _ = build_prompt_ids(template, tok, item["record"], 512)
+        assert request.prompt_token_ids == ids
+        grammar = schema_ebnf(answer_schema(item["record"], grounded=True))
+        assert request.params == sampling_params(settings, stop_token_ids(template, tok), grammar)
+        assert request.params.structured_outputs.grammar == grammar
+        expected = lora_request(str(adapter))
+        assert (request.lora_request.lora_int_id, request.lora_request.lora_path) == (1, expected.lora_path)
+
+
+def test_ray_processor_rows_answer_as_the_vllm_engine(reference_llm, tiny_model_dir, tmp_path):
+    """Ray's answers (token ids) turned into lines by the postprocess are the lines the single-process vLLM engine
+    writes: stops, cut answers closed by the grammar, decoding; and the counts agree."""
+    from ie2instruction.io import dumps
+    from instructkgc import distributed
+
+    llm, wrapper_cls = ray_llm(sys.modules["vllm"])
+    records = convert("RE", tmp_path / "re.json", n=6)
+    budget = ["--max_new_tokens", "16", "--constrained_decoding"]  # short: most answers are cut and closed
+    counts = run_cli(tiny_model_dir, records, tmp_path / "engine.json", *budget, "--backend", "vllm")
+    job = ray_job(tiny_model_dir, records, tmp_path / "ray.json", *budget)
+    config = llm.vLLMEngineProcessorConfig(**job.processor_config(workers=1))
+    engine = reference_llm(model=config.model_source, **job.processor_config(workers=1)["engine_kwargs"])
+    items = distributed.inference_items(job.infer_args)
+    rows = [{"key": k, "item": dumps(item)} for k, (_, item) in enumerate(items)]
+    rows = through_ray_rows([{**row, **job.request(row)} for row in rows])
+    lines, totals, budget_hit = [], {}, 0
+    for row in rows:
+        request = ray_request(wrapper_cls, config.model_source, row)
+        (out,) = engine.generate([{"prompt_token_ids": request.prompt_token_ids}], [request.params],
+                                 use_tqdm=False)
+        tokens = out.outputs[0].token_ids
+        budget_hit += len(tokens) == 16
+        answered = job.answer({**row, "generated_tokens": tokens, "num_generated_tokens": len(tokens)})
+        lines.append(answered["line"])
+        for name, n in json.loads(answered["counts"]).items():
+            totals[name] = totals.get(name, 0) + n
+    assert budget_hit  # the closing of cut answers is compared too
+    assert "".join(lines) == (tmp_path / "engine.json").read_text(encoding="utf-8")
+    expected = counts.as_dict()
+    assert {k: v for k, v in totals.items() if k not in ("records", "skipped")} == \
+        {k: v for k, v in expected.items() if k not in ("records", "skipped")}

@@ -1,11 +1,22 @@
 """Corpus scale on Ray Data (``--ray``): the single-process inference and extraction, data-parallel.
 
-The driver reads and checks the whole input first (bad input fails before Ray starts, with the same one-line
-messages) and hands the items still to do to Ray Data, in blocks of a fixed size. An actor pool of
+The driver reads and checks the whole input first (JSONL, a JSON array, Parquet or text, through the readers
+of one process; bad input fails before Ray starts, with the same one-line messages) and hands the items still
+to do to Ray Data, in blocks: at most ``Job.block_rows`` items, and at least ``BLOCKS_PER_WORKER`` blocks per
+worker (16 in all), so that the workers finish within about a block of each other. An actor pool of
 ``--num_workers`` engines, each given ``--gpus_per_worker`` GPUs (or one CPU and one torch thread), runs every
 block through the single-process code: prompts (``template.build_prompt_ids`` / the extractor's windows), the
 engine from ``infer.build_engine`` (same stop ids, grammars and closing behaviour), then the answer lines
 (``infer.records.answer_batch``) or the parsed, grounded and merged documents (``extract.pipeline.Extractor``).
+Only finished lines travel back; the driver does no per-item work beyond appending them to the shard.
+
+``src/inference.py --ray --backend vllm`` runs on Ray's own vLLM processor instead (``ray.data.llm``,
+:class:`VLLMInferJob`): its engine stage takes per-row token prompts and per-row sampling parameters with
+structured outputs, so each row carries what the single-process vLLM engine sends (prompt ids, stop ids,
+budget, the answer's grammar, the LoRA adapter) and the ``vllm.LLM`` arguments become its ``engine_kwargs``;
+the answers' token ids are closed and decoded by the same code. ``extract --ray --backend vllm`` keeps our
+vLLM engine inside each worker: the extractor interleaves windowing, generation, parsing and merging per block,
+which a processor's fixed preprocess -> engine -> postprocess stages cannot hold.
 
 The driver appends each finished item to a shard file beside the output (``OUTPUT.parts/``, one file per run,
 each line flushed and synced) as it streams in. A run that is killed leaves its shards; the same command run
@@ -36,7 +47,8 @@ logger = get_logger(__name__)
 EXTRA = "pip install 'instructkgc[ray]'"
 RETRIES = 2  # per block: user errors retried in place, a dead worker restarted
 CPUS_PER_WORKER = 1  # and as many torch threads when the worker has no GPU
-MIN_BLOCKS = 16  # blocks a run is cut into at least (load balance; the unit a crash can lose)
+MIN_BLOCKS = 16  # blocks a run is cut into at least (progress; the unit a crash can lose)
+BLOCKS_PER_WORKER = 4  # and at least this many per worker: the workers finish within about a block of each other
 
 
 @dataclass
@@ -115,6 +127,16 @@ class Job:
 
     def close(self, state) -> None:
         pass
+
+    def dataset(self, ray, ds, workers: int, gpus: float, rows_per_block: int):
+        """``ds`` (rows ``key``, ``item``) through the workers: rows ``key``, ``counts`` (JSON) and ``line``. Here:
+        an actor pool of ``workers`` engines, each running whole blocks through :meth:`process`."""
+        with warnings.catch_warnings():  # bounded restarts have no named parameter yet (Ray's default: forever)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ds.map_batches(_Worker, fn_constructor_args=(self,), batch_size=rows_per_block,
+                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                                  num_cpus=CPUS_PER_WORKER, num_gpus=gpus or None, max_restarts=RETRIES,
+                                  max_task_retries=RETRIES)
 
 
 @dataclass
@@ -195,6 +217,149 @@ class ExtractJob(Job):
 
     def close(self, extractor):
         extractor.engine.close()
+
+
+# ---- vLLM through Ray's LLM processor -------------------------------------------------------------------------
+RAY_LLM_TESTED = "2.60"  # the Ray whose processor tests/test_vllm_contract.py checks: per-row token prompts and
+# structured outputs (its vLLM stage reads ``tokenized_prompt`` and ``sampling_params["structured_outputs"]``)
+_ROW_STATE: dict = {}  # per worker process: tokenizer, template, stop ids, grammars of a job (by fingerprint)
+
+
+def require_ray_llm():
+    """vLLM and Ray's batch LLM processor (``ray.data.llm``), or a one-line UsageError saying what to install."""
+    from .infer.vllm_engine import require_vllm
+
+    require_vllm()
+    ray = require_ray()
+    try:
+        import ray.data.llm as llm
+    except ImportError as err:
+        raise UsageError(f"--ray --backend vllm runs on Ray's LLM processor (ray.data.llm), which does not import "
+                         f"here ({err}); {EXTRA} and vLLM's own dependencies") from None
+    from packaging.version import Version
+
+    if Version(ray.__version__) < Version(RAY_LLM_TESTED):
+        raise UsageError(f"--ray --backend vllm needs Ray >= {RAY_LLM_TESTED} (its LLM processor takes per-row "
+                         f"token prompts and structured outputs); this is Ray {ray.__version__}: "
+                         f"pip install 'ray[data]>={RAY_LLM_TESTED}'")
+    return llm
+
+
+@dataclass
+class VLLMInferJob(InferJob):
+    """``src/inference.py --ray --backend vllm``: the records through Ray's vLLM processor
+    (``ray.data.llm.build_processor``), which runs ``--num_workers`` vLLM engines (``--gpus_per_worker`` GPUs
+    each: the tensor-parallel size) with continuous batching across blocks. Only the engine is Ray's: the rows
+    it is given are built here, in Ray Data tasks (:meth:`request`), from what the single-process vLLM engine
+    sends (the same prompt ids, :func:`~instructkgc.infer.vllm_engine.sampling_kwargs` with the same stop ids
+    and grammar, the same LoRA adapter and ``vllm.LLM`` arguments); its answers are turned into output lines by
+    :meth:`answer` exactly as that engine does (cut answers closed, stop token dropped, decoded)."""
+
+    model_path: str = ""
+    adapter: Optional[str] = None
+    vocab_size: int = 0  # the model's (the grammar's token table)
+    dtype: str = "auto"
+
+    def processor_config(self, workers: int) -> dict:
+        """Keyword arguments of ``ray.data.llm.vLLMEngineProcessorConfig``: ``engine_kwargs`` are the
+        ``vllm.LLM`` arguments of one process (:func:`~instructkgc.infer.vllm_engine.llm_kwargs`); Ray's own
+        chat-template, tokenize and detokenize stages are off (the rows carry token ids both ways)."""
+        from .infer import SamplingSettings
+        from .infer.vllm_engine import llm_kwargs
+
+        settings = SamplingSettings.from_args(self.generating_args)
+        engine = llm_kwargs(self.model_path, self.adapter, self.model_args, self.infer_args, settings, self.dtype,
+                            self.data_args.cutoff_len + settings.max_new_tokens)
+        model = engine.pop("model")
+        return dict(model_source=model, engine_kwargs=engine, concurrency=workers, batch_size=self.block_rows(),
+                    chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
+                    log_engine_metrics=False)
+
+    def _state(self):
+        key = json.dumps(self.fingerprint(), sort_keys=True, default=str)
+        if key not in _ROW_STATE:
+            from .infer import SamplingSettings
+            from .infer.constrained import GrammarCache
+            from .loader import load_tokenizer
+            from .template import get_template
+
+            tokenizer = load_tokenizer(self.model_args, self.finetuning_args)
+            template = get_template(self.data_args.template).fix_tokenizer(tokenizer)
+            stops = list(dict.fromkeys(int(t) for t in template.stop_ids(tokenizer)))  # as VLLMEngine
+            grammars = GrammarCache(tokenizer, self.vocab_size, stops) if self.infer_args.constrained_decoding \
+                else None
+            _ROW_STATE[key] = (tokenizer, template, stops, grammars, SamplingSettings.from_args(self.generating_args))
+        return _ROW_STATE[key]
+
+    def _schema(self, item: dict) -> Optional[dict]:
+        from .infer.records import answer_schema
+
+        if not self.infer_args.constrained_decoding:
+            return None
+        return answer_schema(item["record"], self.infer_args.input_file, item["line"],
+                             self.infer_args.grounded_decoding)
+
+    def request(self, row: dict) -> dict:
+        """Ray's preprocess: the engine request of one item (prompt ids, sampling parameters, adapter)."""
+        from .infer.constrained import schema_ebnf
+        from .infer.vllm_engine import sampling_kwargs
+        from .template import build_prompt_ids
+
+        tokenizer, template, stops, _, settings = self._state()
+        item = json.loads(row["item"])
+        ids, cut = build_prompt_ids(template, tokenizer, item["record"], self.data_args.cutoff_len)
+        schema = self._schema(item)
+        out = {"tokenized_prompt": list(ids), "truncated": bool(cut),
+               "sampling_params": sampling_kwargs(settings, stops, None if schema is None else schema_ebnf(schema))}
+        if self.adapter is not None:  # a row naming another model than the processor's is a LoRA request
+            out["model"] = str(Path(self.adapter).resolve())
+        return out
+
+    def answer(self, row: dict) -> dict:
+        """Ray's postprocess: the output line of one item from the engine's token ids."""
+        from .infer.records import Counts, answer_line
+        from .infer.vllm_engine import generation
+
+        tokenizer, _, _, grammars, settings = self._state()
+        item = json.loads(row["item"])
+        tokens = [int(t) for t in row["generated_tokens"]]
+        # Ray's rows carry no finish reason. vLLM checks the length cap (max_tokens, or max_model_len, which is
+        # cutoff_len + max_new_tokens) before the stop tokens, so an answer shorter than the budget stopped.
+        stopped = len(tokens) < settings.max_new_tokens
+        gen = generation(tokenizer, grammars, settings.max_new_tokens, tokens, stopped, self._schema(item))
+        counts = Counts(truncated_prompts=int(bool(row["truncated"])))
+        line = answer_line(item["record"], gen, counts)
+        return {"key": int(row["key"]), "counts": json.dumps(counts.as_dict()), "line": line}
+
+    def dataset(self, ray, ds, workers, gpus, rows_per_block):
+        if not gpus:
+            raise UsageError("--ray --backend vllm runs vLLM engines on GPUs: the cluster has none (or "
+                             "--gpus_per_worker is 0); use --backend hf")
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+        config = vLLMEngineProcessorConfig(**self.processor_config(workers))
+        return build_processor(config, preprocess=self.request, postprocess=self.answer)(ds)
+
+
+def vllm_job(model_args, data_args, finetuning_args, generating_args, infer_args) -> VLLMInferJob:
+    """The :class:`VLLMInferJob` of a command, checked as the single-process vLLM engine checks it (on the
+    driver, before the cluster starts; reads the tokenizer and the model's config, no weights)."""
+    from .infer import SamplingSettings
+    from .infer.vllm_engine import prepare_vllm
+    from .loader import load_tokenizer
+
+    require_ray_llm()
+    gpus = infer_args.gpus_per_worker
+    if gpus is not None and gpus != int(gpus):
+        raise UsageError(f"--ray --backend vllm: --gpus_per_worker is the tensor-parallel size of each engine, a "
+                         f"whole number, got {gpus:g}")
+    if gpus:
+        infer_args.tensor_parallel_size = int(gpus)
+    tokenizer = load_tokenizer(model_args, finetuning_args)
+    settings = SamplingSettings.from_args(generating_args)
+    model_path, adapter, vocab_size, dtype = prepare_vllm(model_args, finetuning_args, settings, tokenizer)
+    return VLLMInferJob(model_args, data_args, finetuning_args, generating_args, infer_args, model_path=model_path,
+                        adapter=adapter, vocab_size=vocab_size, dtype=dtype)
 
 
 class _Worker:
@@ -320,14 +485,11 @@ def _generate(ray, job, ray_args, items, pending, shards, rows) -> Optional[str]
     context.enable_progress_bars = sys.stderr.isatty()
     context.retried_map_errors, context.max_map_retries = True, RETRIES
     context.max_errored_blocks = -1  # a block failing its retries is reported by id, the others go on
-    rows_per_block = max(1, min(job.block_rows(), math.ceil(len(pending) / MIN_BLOCKS)))
+    blocks = max(MIN_BLOCKS, BLOCKS_PER_WORKER * workers)
+    rows_per_block = max(1, min(job.block_rows(), math.ceil(len(pending) / blocks)))
     ds = ray.data.from_items([{"key": k, "item": dumps(items[k][1])} for k in pending],
                              override_num_blocks=math.ceil(len(pending) / rows_per_block))
-    with warnings.catch_warnings():  # bounded restarts have no named parameter yet (Ray's default: forever)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(_Worker, fn_constructor_args=(job,), batch_size=rows_per_block, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=CPUS_PER_WORKER,
-                            num_gpus=gpus or None, max_restarts=RETRIES, max_task_retries=RETRIES)
+    ds = job.dataset(ray, ds, workers, gpus, rows_per_block)
     logger.info("ray: %d of %d items to do, %d workers (%g GPUs each), blocks of %d", len(pending), len(items),
                 workers, gpus, rows_per_block)
     with shards.writer() as f:
@@ -360,9 +522,10 @@ def run_inference(model_args, data_args, finetuning_args, generating_args, infer
     from .infer.records import Counts
 
     check(infer_args, infer_args.output_file)
-    if infer_args.backend == "vllm" and infer_args.gpus_per_worker:
-        infer_args.tensor_parallel_size = max(1, int(infer_args.gpus_per_worker))
-    job = InferJob(model_args, data_args, finetuning_args, generating_args, infer_args)
+    if infer_args.backend == "vllm":
+        job = vllm_job(model_args, data_args, finetuning_args, generating_args, infer_args)
+    else:
+        job = InferJob(model_args, data_args, finetuning_args, generating_args, infer_args)
     items = inference_items(infer_args)  # read and checked before the cluster starts
 
     def write(lines):

@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="schema file (convert_func's 3-line format) or inline JSON: '[\"person\", \"org\"]'; "
                         "for EE/EEA/KG an object type -> roles / attributes")
     p.add_argument("--input", required=True,
-                   help="text file (one document per line), JSONL/JSON with a 'text' field, or - for stdin")
-    p.add_argument("--input_format", default="auto", choices=["auto", "text", "jsonl"])
+                   help="text file (one document per line), JSONL/JSON with a 'text' field, Parquet with a 'text' "
+                        "column, or - for stdin")
+    p.add_argument("--input_format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
     p.add_argument("--output", required=True, help="output file (- for stdout); a directory for --format neo4j")
     p.add_argument("--format", default="jsonl", choices=FORMATS)
     p.add_argument("--model_name_or_path", required=True)
@@ -129,6 +130,9 @@ def load_engine(args, constrained: bool):
     data_args = DataArguments(template=args.template, cutoff_len=args.cutoff_len)
     generating_args = GenerationArguments(max_new_tokens=args.max_new_tokens)
     infer_args = InferArguments(batch_size=args.batch_size, backend=args.backend, constrained_decoding=constrained)
+    gpus = getattr(args, "gpus_per_worker", None)
+    if args.backend == "vllm" and getattr(args, "ray", None) is not None and gpus and gpus >= 1:
+        infer_args.tensor_parallel_size = int(gpus)  # --ray: the GPUs of each worker's engine
     return build_engine(model_args, data_args, FinetuningArguments(finetuning_type="lora"), generating_args,
                         infer_args)
 

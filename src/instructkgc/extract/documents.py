@@ -1,9 +1,12 @@
 """Read the documents to extract from and the schema to extract with.
 
 Input (``--input``): a text file with one document per line (blank lines skipped), a JSONL file (or one JSON
-array) of objects with a ``text`` field whose other fields are kept, or ``-`` for stdin. ``auto`` picks JSON
-for ``.json`` / ``.jsonl`` files and for input whose first line is a JSON object, text otherwise. A document
-without an ``id`` gets the number of its input line as its id.
+array) of objects with a ``text`` field whose other fields are kept, a Parquet file with a ``text`` column
+(every row a document, its other columns kept), or ``-`` for stdin. ``auto`` picks Parquet for ``.parquet`` /
+``.pq`` files and for input framed by Parquet's magic bytes, JSON for ``.json`` / ``.jsonl`` files and for
+input whose first line is a JSON object, text otherwise. JSON and Parquet records are read by
+``ie2instruction.io.read_records``, the reader of every command. A document without an ``id`` gets the number
+of its input line (Parquet: its row number) as its id.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ie2instruction.io import TOO_DEEP, InputError, LabelError, read_records, text_problem
+from ie2instruction.io import PARQUET_MAGIC, TOO_DEEP, InputError, LabelError, is_parquet, read_records, text_problem
 from ie2instruction.tasks import Schema, Task, read_schema
 
 STDIN = "<stdin>"
@@ -60,7 +63,7 @@ def _text_documents(raw: bytes, shown: str) -> list[Document]:
     return docs
 
 
-def _json_documents(path: str, shown: str) -> list[Document]:
+def _record_documents(path: str, shown: str) -> list[Document]:
     docs = []
     try:
         for no, rec in read_records(path):
@@ -78,12 +81,29 @@ def _json_documents(path: str, shown: str) -> list[Document]:
     return docs
 
 
+def _framed_parquet(path: str) -> bool:
+    """Parquet's magic bytes at both ends of the file (a text file may start with them, not also end)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PARQUET_MAGIC))
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 2 * len(PARQUET_MAGIC):
+                return False
+            f.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+            return head == PARQUET_MAGIC and f.read() == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
 def read_documents(path: str, input_format: str = "auto") -> list[Document]:
-    """All documents of ``path`` (``-``: stdin). Raises InputError: unreadable, not UTF-8, no documents,
-    a JSON record without a string ``text``, duplicate ids."""
+    """All documents of ``path`` (``-``: stdin). Raises InputError: unreadable, not UTF-8, not Parquet, no
+    documents, a record without a string ``text``, duplicate ids."""
     shown = STDIN if path == "-" else path
     if path == "-":
         raw = sys.stdin.buffer.read()
+    elif input_format == "parquet" or (input_format == "auto" and (is_parquet(path, b"")
+                                                                    or _framed_parquet(path))):
+        raw = None  # read by pyarrow, not into memory here
     else:
         try:
             raw = Path(path).read_bytes()
@@ -92,16 +112,19 @@ def read_documents(path: str, input_format: str = "auto") -> list[Document]:
     fmt = input_format
     if fmt == "auto":
         suffix = Path(path).suffix.lower() if path != "-" else ""
-        fmt = "jsonl" if suffix in (".json", ".jsonl") or _looks_json(_first_line(raw)) else "text"
+        if raw is None or (raw.startswith(PARQUET_MAGIC) and raw.endswith(PARQUET_MAGIC)):
+            fmt = "parquet"
+        else:
+            fmt = "jsonl" if suffix in (".json", ".jsonl") or _looks_json(_first_line(raw)) else "text"
     if fmt == "text":
         docs = _text_documents(raw, shown)
     elif path == "-":
         with tempfile.TemporaryDirectory() as tmp:
-            name = os.path.join(tmp, "stdin.jsonl")
+            name = os.path.join(tmp, "stdin.parquet" if fmt == "parquet" else "stdin.jsonl")
             Path(name).write_bytes(raw)
-            docs = _json_documents(name, shown)
+            docs = _record_documents(name, shown)
     else:
-        docs = _json_documents(path, shown)
+        docs = _record_documents(path, shown)
     if not docs:
         raise InputError(shown, None, "no documents: the input is empty")
     seen: set[str] = set()

@@ -230,16 +230,18 @@ def answer_batch(engine, make_prompt: Callable[[dict], tuple[list[int], bool]], 
         counts.truncated_prompts += bool(cut)
     schemas = [answer_schema(r, input_file, line, grounded) for line, r in batch] if constrained else None
     gens = engine.generate(prompts, schemas, progress=progress)
-    lines = []
-    for (_, record), gen in zip(batch, gens):
-        try:
-            json.loads(gen.text)
-        except ValueError:
-            counts.invalid_json += 1
-        counts.cut_off += not gen.finished
-        counts.new_tokens += gen.num_tokens
-        record = dict(record)
-        record["output"] = gen.text  # replaced in place when present: key order kept
-        lines.append(dumps(record) + "\n")
-    counts.generated += len(batch)
-    return lines
+    return [answer_line(record, gen, counts) for (_, record), gen in zip(batch, gens)]
+
+
+def answer_line(record: dict, gen, counts: Counts) -> str:
+    """The output line of ``record`` answered by ``gen`` (a ``Generation``); ``counts`` gets what it cost."""
+    try:
+        json.loads(gen.text)
+    except ValueError:
+        counts.invalid_json += 1
+    counts.cut_off += not gen.finished
+    counts.new_tokens += gen.num_tokens
+    counts.generated += 1
+    record = dict(record)
+    record["output"] = gen.text  # replaced in place when present: key order kept
+    return dumps(record) + "\n"

@@ -1,9 +1,11 @@
 """vLLM backend (optional extra ``instructkgc[vllm]``, imported lazily): continuous batching, prefix caching,
 LoRA adapters through ``LoRARequest``, the same answer grammar as the HF engine, tensor parallelism.
 
-Everything vLLM is given is built by the functions here without a GPU (``llm_kwargs``, ``sampling_params``,
-``lora_request``), so the tests check it against the real vLLM classes on the CPU; only :func:`load_vllm`
-constructs ``vllm.LLM``. What vLLM cannot do the way the HF engine does is refused before loading
+Everything vLLM is given is built by the functions here without a GPU (``llm_kwargs``, ``sampling_kwargs`` /
+``sampling_params``, ``lora_request``), so the tests check it against the real vLLM classes on the CPU; only
+:func:`load_vllm` constructs ``vllm.LLM``. ``--ray --backend vllm`` gives Ray's vLLM processor the same
+arguments, as plain data (``instructkgc.distributed.VLLMInferJob``), and turns its token ids into answers with
+the same :func:`generation`. What vLLM cannot do the way the HF engine does is refused before loading
 (:func:`check_vllm`). Where the two engines meet:
 
 * prompts: the same token ids (the template's, cut to ``--cutoff_len``), given as ``prompt_token_ids``;
@@ -119,10 +121,10 @@ def llm_kwargs(model_path: str, adapter: Optional[str], model_args, infer_args, 
     return kwargs
 
 
-def sampling_params(settings: SamplingSettings, stop_token_ids: Sequence[int], grammar: Optional[str] = None):
-    """``vllm.SamplingParams`` of one prompt (``grammar``: EBNF text of its answer, or None)."""
-    from vllm import SamplingParams
-
+def sampling_kwargs(settings: SamplingSettings, stop_token_ids: Sequence[int],
+                    grammar: Optional[str] = None) -> dict:
+    """Keyword arguments of ``vllm.SamplingParams`` for one prompt, as plain data (``grammar``: EBNF text of its
+    answer, or None; then ``structured_outputs`` holds the keyword arguments of ``StructuredOutputsParams``)."""
     kwargs = dict(max_tokens=settings.max_new_tokens, stop_token_ids=list(stop_token_ids),
                   repetition_penalty=settings.repetition_penalty, detokenize=False)
     if settings.do_sample:
@@ -135,9 +137,20 @@ def sampling_params(settings: SamplingSettings, stop_token_ids: Sequence[int], g
     if settings.no_repeat_ngram_size > 0:
         kwargs["extra_args"] = {"no_repeat_ngram_size": settings.no_repeat_ngram_size}
     if grammar is not None:
+        kwargs["structured_outputs"] = {"grammar": grammar}
+    return kwargs
+
+
+def sampling_params(settings: SamplingSettings, stop_token_ids: Sequence[int], grammar: Optional[str] = None):
+    """``vllm.SamplingParams`` of one prompt (``grammar``: EBNF text of its answer, or None), built from
+    :func:`sampling_kwargs` the way Ray's vLLM stage builds it from a row's ``sampling_params``."""
+    from vllm import SamplingParams
+
+    kwargs = sampling_kwargs(settings, stop_token_ids, grammar)
+    if "structured_outputs" in kwargs:
         from vllm.sampling_params import StructuredOutputsParams
 
-        kwargs["structured_outputs"] = StructuredOutputsParams(grammar=grammar)
+        kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
     return SamplingParams(**kwargs)
 
 
@@ -147,20 +160,26 @@ def lora_request(adapter: str):
     return LoRARequest("adapter", 1, str(Path(adapter).resolve()))
 
 
-def load_vllm(model_args, finetuning_args, infer_args, settings: SamplingSettings, tokenizer,
-              max_model_len: int) -> VLLMModel:
-    """Check the request, then construct ``vllm.LLM`` (the one place that needs a GPU)."""
+def prepare_vllm(model_args, finetuning_args, settings: SamplingSettings, tokenizer):
+    """``(model folder, LoRA adapter or None, vocabulary size, dtype name)`` of a request, after
+    :func:`check_vllm` (reads the model's config, no weights)."""
     from transformers import AutoConfig
 
     from ..loader import infer_dtype
 
-    vllm = require_vllm()
     model_path, adapter = model_source(model_args, finetuning_args)
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=model_args.trust_remote_code,
                                         revision=model_args.model_revision)
-    vocab_size = config.vocab_size
-    check_vllm(model_args, settings, tokenizer, vocab_size, adapter)
+    check_vllm(model_args, settings, tokenizer, config.vocab_size, adapter)
     dtype = str(infer_dtype(config, model_args.compute_dtype, cuda=True)).replace("torch.", "")
+    return model_path, adapter, config.vocab_size, dtype
+
+
+def load_vllm(model_args, finetuning_args, infer_args, settings: SamplingSettings, tokenizer,
+              max_model_len: int) -> VLLMModel:
+    """Check the request, then construct ``vllm.LLM`` (the one place that needs a GPU)."""
+    vllm = require_vllm()
+    model_path, adapter, vocab_size, dtype = prepare_vllm(model_args, finetuning_args, settings, tokenizer)
     llm = vllm.LLM(**llm_kwargs(model_path, adapter, model_args, infer_args, settings, dtype, max_model_len))
     return VLLMModel(llm=llm, lora=lora_request(adapter) if adapter else None, vocab_size=vocab_size)
 
@@ -185,6 +204,20 @@ def close_cut_answer(cache, grammar, tokens: list[int], budget: int) -> Optional
             matcher.rollback(1)
         kept -= 1
     return None
+
+
+def generation(tokenizer, grammars, max_new_tokens: int, tokens: list[int], stopped: bool,
+               schema: Optional[dict]) -> Generation:
+    """The answer to one prompt from ``tokens`` as vLLM returns them without detokenizing (ending with the stop
+    token when ``stopped``): a cut answer with a ``schema`` is closed (:func:`close_cut_answer`, ``grammars``:
+    the :class:`~instructkgc.infer.constrained.GrammarCache`), then the stop token dropped and the rest decoded."""
+    if not stopped and schema is not None:
+        closed = close_cut_answer(grammars, grammars.grammar(schema), tokens, max_new_tokens)
+        if closed is not None:
+            tokens, stopped = closed, True
+    kept = tokens[:-1] if stopped and tokens else tokens
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Generation(text=text, num_tokens=len(tokens), finished=stopped)
 
 
 class VLLMEngine(Engine):
@@ -229,15 +262,7 @@ class VLLMEngine(Engine):
         return results
 
     def _result(self, tokens: list[int], stopped: bool, schema: Optional[dict]) -> Generation:
-        """``tokens`` as vLLM returns them without detokenizing: ending with the stop token when ``stopped``."""
-        if not stopped and schema is not None:
-            closed = close_cut_answer(self.grammars, self.grammars.grammar(schema), tokens,
-                                      self.settings.max_new_tokens)
-            if closed is not None:
-                tokens, stopped = closed, True
-        kept = tokens[:-1] if stopped and tokens else tokens
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Generation(text=text, num_tokens=len(tokens), finished=stopped)
+        return generation(self.tokenizer, self.grammars, self.settings.max_new_tokens, tokens, stopped, schema)
 
     def close(self) -> None:
         self.model = None

@@ -12,7 +12,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, NoReturn
 
 try:  # the C encoder of json.dumps(str, ensure_ascii=False)
     from _json import encode_basestring as _encode_str
@@ -55,7 +55,7 @@ class LabelError(ValueError):
     """A record (or answer) field of the wrong shape; the reader adds path and line."""
 
 
-def fail(error: InputError | str, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(error: InputError | str, code: int = 2) -> NoReturn:
     """Print one line on stderr and exit with status 2."""
     print(str(error), file=sys.stderr)
     raise SystemExit(code)

@@ -1,8 +1,6 @@
 """Parquet input: ``read_records`` (every command's reader) and ``extract``'s documents read Parquet rows as the
 records / documents the same data holds as JSONL; bad Parquet is one line naming the file, exit status 2."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from instructkgc.extract.command import main as extract_main
 from instructkgc.extract.documents import read_documents
 from instructkgc.inference import main as infer_main
 from instructkgc.inference import run as infer_run
+from samples import convert_sample
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -101,14 +100,7 @@ def test_extract_refuses_bad_parquet_in_one_line(tmp_path, capsys, rows, problem
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ner") / "test.json"
-    subprocess.run([sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path",
-                    str(REPO / "data/NER/sample.json"), "--tgt_path", str(out), "--schema_path",
-                    str(REPO / "data/NER/schema.json"), "--task", "NER", "--split", "test", "--split_num", "6"],
-                   check=True, capture_output=True)
-    lines = out.read_text(encoding="utf-8").splitlines()[:6]
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+    return convert_sample("NER", tmp_path_factory.mktemp("ner") / "test.json", limit=6)
 
 
 def test_inference_from_parquet_writes_what_jsonl_gives(tiny_model_dir, records, tmp_path):

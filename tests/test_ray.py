@@ -18,6 +18,7 @@ from instructkgc import distributed
 from instructkgc.cli import main as cli_main
 from instructkgc.inference import main as infer_main
 from instructkgc.inference import run as infer_run
+from samples import convert_sample
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -37,12 +38,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ner") / "test.json"
-    subprocess.run([sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path",
-                    str(REPO / "data/NER/sample.json"), "--tgt_path", str(out), "--schema_path",
-                    str(REPO / "data/NER/schema.json"), "--task", "NER", "--split", "test", "--split_num", "6"],
-                   check=True, capture_output=True)
-    return out
+    return convert_sample("NER", tmp_path_factory.mktemp("ner") / "test.json")
 
 
 @pytest.fixture(scope="module")

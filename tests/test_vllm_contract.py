@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from samples import convert_sample
 
 pytest.importorskip("xgrammar")
 
@@ -69,17 +70,6 @@ def vllm():
     assert module.__version__ == VLLM_VERSION
     yield module
     sys.path.remove(str(TARGET))
-
-
-def convert(task, out, n=None):
-    subprocess.run([sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path",
-                    str(REPO / "data" / task / "sample.json"), "--tgt_path", str(out), "--schema_path",
-                    str(REPO / "data" / task / "schema.json"), "--task", task, "--split", "test", "--split_num",
-                    "4"], check=True, capture_output=True)
-    if n is not None:
-        lines = out.read_text(encoding="utf-8").splitlines()[:n]
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
 
 
 def read_jsonl(path):
@@ -161,7 +151,7 @@ def reference_llm(vllm, monkeypatch):
 
 def test_vllm_path_equals_hf_path(reference_llm, tiny_model_dir, tmp_path):
     """Unconstrained greedy: the same answers (prompt ids, stops, budget and decoding agree), in one call."""
-    records = convert("NER", tmp_path / "ner.json", n=6)
+    records = convert_sample("NER", tmp_path / "ner.json", split_num=4, limit=6)
     budget = ["--max_new_tokens", "24", "--batch_size", "2"]
     run_cli(tiny_model_dir, records, tmp_path / "hf.json", *budget)
     counts = run_cli(tiny_model_dir, records, tmp_path / "vllm.json", *budget, "--backend", "vllm")
@@ -176,7 +166,7 @@ def test_constrained_vllm_answers_parse_within_the_budget(reference_llm, tiny_mo
     from instructkgc.infer.constrained import schema_ebnf
     from instructkgc.infer.records import answer_schema
 
-    records = convert("RE", tmp_path / "re.json", n=4)
+    records = convert_sample("RE", tmp_path / "re.json", split_num=4, limit=4)
     budget = 40
     counts = run_cli(tiny_model_dir, records, tmp_path / "vllm.json", "--max_new_tokens", str(budget),
                      "--backend", "vllm", "--constrained_decoding")
@@ -223,7 +213,8 @@ def test_vllm_grammar_equals_the_hf_grammar(vllm, tiny_model_dir, tmp_path, monk
     stops = stop_token_ids(template, tok)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     hf = HFEngine(model, tok, stops, SamplingSettings(max_new_tokens=48), batch_size=4, constrained=True)
-    records = [r for task in ("NER", "EE") for r in read_jsonl(convert(task, tmp_path / f"{task}.json", n=2))]
+    records = [r for task in ("NER", "EE")
+               for r in read_jsonl(convert_sample(task, tmp_path / f"{task}.json", split_num=4, limit=2))]
     schemas = [answer_schema(r) for r in records]
     answers = hf.generate([build_prompt_ids(template, tok, r, 512)[0] for r in records], schemas)
     disk_tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -370,7 +361,7 @@ def test_ray_processor_config_and_requests(vllm, tiny_model_dir, tmp_path):
     adapter = tmp_path / "lora"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
-    records = convert("RE", tmp_path / "re.json", n=3)
+    records = convert_sample("RE", tmp_path / "re.json", split_num=4, limit=3)
     job = ray_job(tiny_model_dir, records, tmp_path / "out.json", "--checkpoint_dir", str(adapter),
                   "--constrained_decoding", "--max_new_tokens", "40", "--gpus_per_worker", "2")
     kwargs = job.processor_config(workers=3)
@@ -409,7 +400,7 @@ def test_ray_processor_rows_answer_as_the_vllm_engine(reference_llm, tiny_model_
     from instructkgc import distributed
 
     llm, wrapper_cls = ray_llm(sys.modules["vllm"])
-    records = convert("RE", tmp_path / "re.json", n=6)
+    records = convert_sample("RE", tmp_path / "re.json", split_num=4, limit=6)
     budget = ["--max_new_tokens", "16", "--constrained_decoding"]  # short: most answers are cut and closed
     counts = run_cli(tiny_model_dir, records, tmp_path / "engine.json", *budget, "--backend", "vllm")
     job = ray_job(tiny_model_dir, records, tmp_path / "ray.json", *budget)

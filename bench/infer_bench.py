@@ -8,10 +8,12 @@
 Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
 loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
 greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding with ``--constrained_decoding``).
-For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of the model: 2 x weights x
-token positions computed, padding included, attention left out) as a share of the peak of a large matmul in the
-run's dtype, measured in the same run. Then the share of answer tokens forced by the grammar, the time spent choosing tokens
-(grammar masks, closing policy) in the new loop, whether the answers are identical, the load average, and last:
+For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of the model's decoder layers: 2 x
+their weights x token positions computed, padding included; attention and the output layer left out) as a share of
+the peak of a large matmul in the run's dtype, measured in the same run. Then the share of answer tokens forced by
+the grammar and of those chosen from the logits of the allowed tokens only, the time spent choosing tokens (grammar
+masks, closing policy, the output layer's rows for them) in the new loop, whether the answers are identical, the
+load average, and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
 from __future__ import annotations
@@ -74,31 +76,28 @@ def peak_gflops(size: int = 2048, repeats: int = 4, dtype=torch.float32) -> floa
 
 
 class FlopCounter:
-    """Counts the token positions the model body and the output layer compute (forward hooks)."""
+    """Counts the token positions the model's decoder computes (a forward pre-hook on it). The output layer is not
+    counted: how much of it runs differs by engine (the new one scores only the tokens a grammar allows), and a
+    hook on it would make the new engine compute it whole."""
 
     def __init__(self, model):
-        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-        params = {id(p): p.numel() for p in model.parameters()}
+        embed = model.get_input_embeddings()
+        head = model.get_output_embeddings()
         tied = head.weight is embed.weight
-        self.body = sum(params.values()) - embed.weight.numel() - (0 if tied else head.weight.numel())
-        self.head = head.weight.numel()
-        self.positions = self.logit_rows = 0
-        model.register_forward_pre_hook(self._count_positions, with_kwargs=True)
-        head.register_forward_pre_hook(self._count_rows)
+        self.body = sum(p.numel() for p in model.parameters()) - embed.weight.numel() - (0 if tied else head.weight.numel())
+        self.positions = 0
+        model.get_decoder().register_forward_pre_hook(self._count_positions, with_kwargs=True)
 
     def _count_positions(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
             self.positions += ids.numel()
 
-    def _count_rows(self, module, args):
-        self.logit_rows += args[0].shape[:-1].numel()
-
     def flops(self) -> float:
-        return 2.0 * (self.body * self.positions + self.head * self.logit_rows)
+        return 2.0 * self.body * self.positions
 
     def reset(self) -> None:
-        self.positions = self.logit_rows = 0
+        self.positions = 0
 
 
 def main(argv=None) -> None:
@@ -180,9 +179,10 @@ def main(argv=None) -> None:
               f"  {gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak)  {parsed}/{len(gens)} parse")
     stats = new.loop.stats
     print(f"new engine: {100 * stats.forced_share:.1f}% of {stats.new_tokens} answer tokens forced by the grammar "
-          f"(jump-forward), {stats.decode_passes} decoding passes, {stats.reused_tokens} of "
+          f"(jump-forward), {100 * stats.narrow_tokens / max(stats.new_tokens, 1):.1f}% chosen from the logits of "
+          f"the allowed tokens only, {stats.decode_passes} decoding passes, {stats.reused_tokens} of "
           f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
-          f"tokens (grammar, closing policy) {100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
+          f"tokens (grammar, closing policy, allowed tokens' logits) {100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
     reference = results["one-at-a-time" if "one-at-a-time" in results else "static batches"][0]
     same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
     print("identical to " + ("one-at-a-time" if "one-at-a-time" in results else "static batches") + ": "

@@ -86,6 +86,21 @@ def test_constrained_decoding_equals_one_at_a_time(tiny, ner, single_constrained
         assert stats.decode_passes + len(ner[0]) < stats.new_tokens
     else:
         assert stats.forced_tokens == 0
+    assert 0 < stats.narrow_tokens < stats.new_tokens  # separators from few logits, free strings from whole rows
+
+
+def test_wrapped_output_layer_gets_whole_logits(tiny, ner, single_constrained):
+    """An output layer with a hook (or a LoRA / modules_to_save wrapper) is called as a module: the hook's effect
+    is in every choice, none is made from its weight rows."""
+    model = tiny[0]
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(1))
+    try:
+        fast = engine(tiny, 3, 40, constrained=True)
+        same(fast.generate(*ner), single_constrained)
+    finally:
+        handle.remove()
+    assert seen and fast.loop.stats.narrow_tokens == 0
 
 
 def test_mixed_rows_and_tight_budget(tiny, ner):

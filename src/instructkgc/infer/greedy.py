@@ -162,6 +162,8 @@ class GreedyLoop:
             not self._layer_types and getattr(config, "use_sliding_window", True))
         self._window = getattr(config, "sliding_window", None) if windowed else None
         self._additive = getattr(config, "_attn_implementation", "eager") != "sdpa"
+        # packed_sdpa for SDPA models; not where setting the attention would also reach sub-models' configs
+        self._packed = not self._additive and not getattr(config, "sub_configs", None)
         self._bitmask = None
         self._bits = torch.arange(32, dtype=torch.int32)
 
@@ -329,7 +331,7 @@ class GreedyLoop:
             masks = self._mask(full if windowed is None else windowed, device)
         config = self.model.config
         attention = config._attn_implementation
-        if not self._additive:
+        if self._packed:
             config._attn_implementation = PACKED_ATTENTION
         try:
             out = self._decoder(input_ids=torch.tensor([tokens], device=device), attention_mask=masks,

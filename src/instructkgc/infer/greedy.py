@@ -94,7 +94,7 @@ class _Row:
     pending: list  # tokens to feed next pass: a prompt's rest, or the last chosen token + forced ones
     length: int  # tokens of this answer in the cache (prefix included): the position of the next one
     prefilling: bool = True  # ``pending`` is prompt text (logits needed after its last token only)
-    narrow: bool = True  # its grammar allowed few tokens last time: score only those (see ``_Head``)
+    narrow: bool = False  # its grammar allowed few tokens last time: score only those (see ``_Head``)
     tokens: list = field(default_factory=list)  # new tokens chosen so far
     done: bool = False
 
@@ -265,7 +265,8 @@ class GreedyLoop:
             prefix.users += 1
             self.stats.reused_tokens += n
         self.stats.prefill_tokens += len(prompts[i]) - n
-        return _Row(i, grammars[i], self._new_id(), prefix, list(prompts[i][n:]), n)
+        return _Row(i, grammars[i], self._new_id(), prefix, list(prompts[i][n:]), n,
+                    narrow=grammars[i] is not None and self._head.weight is not None)
 
     def _new_id(self) -> int:
         self._ids += 1
@@ -277,8 +278,7 @@ class GreedyLoop:
         spans, first = [], 0
         for r in rows:
             used = 1 if r.prefilling else len(r.pending)
-            narrow = r.narrow and r.grammar is not None and self._head.weight is not None
-            spans.append(None if narrow else (first, used))
+            spans.append(None if r.narrow else (first, used))
             first += used
         wanted = [torch.arange(a, a + n) for a, n in filter(None, spans)]
         if not wanted:

@@ -156,6 +156,38 @@ def test_grounded_schema_carries_the_input():
     assert SPAN_TEXT not in answer_schema(record)
 
 
+def test_beginning_an_event_is_checked_against_the_budget(tiny_model_dir):
+    """An event object owes every argument role: beginning one far from the budget's end zone can make the answer
+    unclosable, so the closing policy checks a token that may begin an item (``,``) and closes instead."""
+    from instructkgc.infer.constrained import GrammarCache, RowGrammar
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    roles = [f"role {k}" for k in range(24)]
+    text = "Aspirin caused a rash ."
+    schema = {**get_task("EE").answer_schema([{"event_type": "adverse event", "arguments": roles}]), SPAN_TEXT: text}
+    event = '{"trigger": "caused", "arguments": {' + ", ".join(f'"{r}": []' for r in roles) + "}}"
+    m = cache.matcher(schema)
+    assert m.accept_string(('{"adverse event": [' + event).encode())
+    comma = next(t for t, raw in enumerate(cache.vocab) if raw == b",")
+    begun = m.fork()
+    assert begun.accept_token(comma)
+    need = len(cache.spell(begun, cache.closing_text(begun, 400), 400))  # what the next event owes
+    assert need > 2 * RowGrammar.SLACK
+
+    def choice(step):
+        scores = torch.zeros(len(tok))
+        scores[comma] = 10.0
+        RowGrammar(cache, m, max_new_tokens=1000).constrain(scores, step)
+        return int(scores.argmax())
+
+    step = 1000 - (RowGrammar.SLACK + need // 2)  # outside the end zone (estimate 0), too little room for it
+    assert step % RowGrammar.CHECK_EVERY
+    closing = choice(step)
+    assert closing != comma and m.fork().accept_token(closing)
+    assert choice(1000 - 2 * need - 1) == comma  # with room for it, the model's choice stands
+
+
 def test_closing_text_from_every_point_of_a_grounded_answer(tiny_model_dir):
     """The closing policy can finish a grounded answer from anywhere, also just after a span's opening quote and
     when the text's own words are separators (``,`` ``:`` ``)``): it writes a word of the text, then closes."""

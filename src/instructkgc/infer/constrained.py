@@ -204,15 +204,19 @@ class RowGrammar:
 
     def constrain(self, scores: torch.Tensor, step: int) -> None:
         """Keep a closable answer in ``scores`` (this row's logits, already masked by the grammar) at ``step``
-        (new tokens so far): near the end of the budget, when the arg-max token would leave too few tokens to
-        close the JSON, only the first closing token is left."""
+        (new tokens so far): near the end of the budget, or when the arg-max token may begin a new item or object,
+        when that token would leave too few tokens to close the JSON, only the first closing token is left."""
         m = self.matcher
         remaining = self.max_new_tokens - step
+        choice = int(scores.argmax())
         if remaining > self.closing_estimate + self.SLACK:
             if step % self.CHECK_EVERY == 0:
                 self.closing_estimate, _ = self.closing_length(m, remaining)
-            return
-        choice = int(scores.argmax())
+            raw = self.cache.vocab[choice]
+            if b"{" not in raw and b"," not in raw:
+                return
+            # a new item or object may begin: its required keys (an event's argument roles) can owe more than
+            # the estimate
         after = m.fork()
         if after.accept_token(choice):
             need, _ = self.closing_length(after, remaining)

@@ -103,7 +103,8 @@ class FlopCounter:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="HF model folder, or smollm2 / gemma3-270m (default: tiny random model)")
+    parser.add_argument("--model", default=None,
+                        help="HF model folder, or smollm2 / gemma3-270m (default: tiny random model)")
     parser.add_argument("--template", default=None, help="default: llama2 (tiny) / alpaca (others)")
     parser.add_argument("--task", default="NER")
     parser.add_argument("--language", default=None, help="zh (tiny) / en (others)")

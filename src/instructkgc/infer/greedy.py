@@ -233,12 +233,10 @@ class GreedyLoop:
                 keep += [start - 1] if r.prefilling else range(start - len(r.pending), start)
             hidden = self._forward(columns, segments, keep)
             self.stats.decode_passes += 1
-            first = 0
-            for r, logits in zip(rows, self._whole_logits(rows, hidden)):
+            states = hidden.split([1 if r.prefilling else len(r.pending) for r in rows])  # in ``keep`` order
+            for r, state, logits in zip(rows, states, self._whole_logits(rows, states)):
                 fed = r.pending
-                used = 1 if r.prefilling else len(fed)
-                accepted = self._settle(r, hidden[first:first + used], logits)
-                first += used
+                accepted = self._settle(r, state, logits)
                 columns.drop_tail(r.owner, len(fed) - accepted)  # forced tokens after a mismatch
                 if r.done:
                     finished(r.index, r.tokens)
@@ -272,23 +270,14 @@ class GreedyLoop:
         self._ids += 1
         return self._ids - 1
 
-    def _whole_logits(self, rows: list[_Row], hidden: torch.Tensor) -> list[Optional[torch.Tensor]]:
-        """For each row, the whole logits of its positions in the pass, computed together for the rows that are
-        not narrow (``None`` for the others)."""
-        spans, first = [], 0
-        for r in rows:
-            used = 1 if r.prefilling else len(r.pending)
-            spans.append(None if r.narrow else (first, used))
-            first += used
-        wanted = [torch.arange(a, a + n) for a, n in filter(None, spans)]
-        if not wanted:
+    def _whole_logits(self, rows: list[_Row], states: Sequence[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+        """For each row, the whole logits of its hidden ``states`` in the pass, computed together for the rows that
+        are not narrow (``None`` for the others)."""
+        whole = [h for r, h in zip(rows, states) if not r.narrow]
+        if not whole:
             return [None] * len(rows)
-        logits = self._head.logits(hidden[torch.cat(wanted).to(hidden.device)])
-        out, k = [], 0
-        for span in spans:
-            out.append(None if span is None else logits[k:k + span[1]])
-            k += span[1] if span else 0
-        return out
+        logits = iter(self._head.logits(torch.cat(whole)).split([len(h) for h in whole]))
+        return [None if r.narrow else next(logits) for r in rows]
 
     def _settle(self, row: _Row, hidden: torch.Tensor, logits: Optional[torch.Tensor]) -> int:
         """Choose ``row``'s tokens from the hidden states (and whole logits, if computed) of its pass, one per fed

@@ -61,6 +61,22 @@ def test_benchmark_path_on_a_tiny_slice(tiny_model_dir, tmp_path):
     assert "| zero-shot | on |" in table and "| fine-tuned | off |" in table and table in res.stdout
 
 
+def test_fine_tuned_rows_only(tiny_model_dir, tmp_path):
+    """--skip_zero_shot: another training budget on a set without re-running its zero-shot rows."""
+    out = tmp_path / "out"
+    common = ["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
+              "--limit", 1, "--dev_size", 2, "--max_new_tokens", 24, "--grounded", "on", "--out", out,
+              "--skip_zero_shot"]
+    res = _run([*common, "--budget_minutes", 0])
+    assert res.returncode == 1 and "nothing to run" in res.stderr
+    res = _run([*common, "--max_steps", 2, "--batch_size", 2])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert list(summary["results"]) == ["fine-tuned"] and list(summary["results"]["fine-tuned"]) == ["on"]
+    assert summary["training"]["epochs"] == pytest.approx(2 * 2 / summary["training"]["examples"])
+    assert not (out / "zero-shot").exists()
+
+
 def test_missing_dataset_file_is_one_line_and_status_2(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()

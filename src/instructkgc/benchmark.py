@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, help="default: the longest training answer in tokens + 16")
     p.add_argument("--infer_batch_size", type=int, default=16)
     p.add_argument("--grounded", default="on,off", help="comma-separated grounding settings to run: on,off")
+    p.add_argument("--skip_zero_shot", action="store_true",
+                   help="fine-tuned rows only (e.g. another training budget on a set whose zero-shot rows exist)")
     return p.parse_args(argv)
 
 
@@ -167,7 +169,10 @@ def benchmark(args) -> dict:
     _write_jsonl(data / "eval.json", evaluated)
 
     fine_tune = args.max_steps is not None or args.budget_minutes > 0
-    steps = 2 + 2 * len(grounding) * (1 + fine_tune) + fine_tune * (1 + (args.max_steps is None))
+    if args.skip_zero_shot and not fine_tune:
+        raise StepFailed("--skip_zero_shot with --budget_minutes 0 leaves nothing to run")
+    stages = (not args.skip_zero_shot) + fine_tune
+    steps = 2 + 2 * len(grounding) * stages + fine_tune * (1 + (args.max_steps is None))
     run = Runner(steps)
     started = time.perf_counter()
     model = model_folder(args.model)
@@ -225,7 +230,8 @@ def benchmark(args) -> dict:
         row["per_label"] = {k: _mean_std([o["per_label"].get(k, 0.0) for o in per_order])[0] for k in labels}
         return row
 
-    results: dict = {"zero-shot": {g: predict_and_score("zero-shot", g, None) for g in grounding}}
+    results: dict = {} if args.skip_zero_shot else {"zero-shot": {g: predict_and_score("zero-shot", g, None)
+                                                                   for g in grounding}}
     training = None
     if fine_tune:
         training = train(run, args, common, finetune, train_file, out)
@@ -264,9 +270,10 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
     if not (lora / "adapter_config.json").is_file():
         raise StepFailed(f"{_rel(lora)}: fine-tuning left no adapter")
     stats = _train_stats(lora)
+    examples = _count_lines(train_file)
     return {"steps": steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "lora_r": args.lora_r, "minutes": seconds / 60, "train_loss": stats.get("train_loss"),
-            "examples": _count_lines(train_file), "adapter": lora}
+            "examples": examples, "epochs": steps * args.batch_size / max(examples, 1), "adapter": lora}
 
 
 def _pm(value: tuple[float, float]) -> str:
@@ -299,7 +306,8 @@ def render(summary: dict) -> str:
     if tr:
         loss = f", final train loss {tr['train_loss']:.3f}" if isinstance(tr.get("train_loss"), float) else ""
         lines.append(f"- LoRA r={tr['lora_r']}, {tr['steps']} steps × batch {tr['batch_size']} over "
-                     f"{tr['examples']} training instructions, lr {tr['learning_rate']}: "
+                     f"{tr['examples']} training instructions ({tr['epochs']:.2f} epochs), "
+                     f"lr {tr['learning_rate']}: "
                      f"{tr['minutes']:.1f} training minutes{loss}")
     lines.append(f"- instructions/s include loading the model; total {summary['total_seconds'] / 60:.1f} min")
     return "\n".join(lines)

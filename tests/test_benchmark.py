@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from instructkgc.benchmark import reorder_schema, strings_in_text
+from instructkgc.benchmark import reorder_schema, steps_for_budget, strings_in_text
 
 pytest.importorskip("xgrammar")
 
@@ -75,6 +75,23 @@ def test_fine_tuned_rows_only(tiny_model_dir, tmp_path):
     assert list(summary["results"]) == ["fine-tuned"] and list(summary["results"]["fine-tuned"]) == ["on"]
     assert summary["training"]["epochs"] == pytest.approx(2 * 2 / summary["training"]["examples"])
     assert not (out / "zero-shot").exists()
+
+
+def test_budget_leaves_out_the_first_steps_one_time_costs():
+    # 2 steps in 12 s (10 s of it the first), 6 steps in 20 s: 2 s per step, 30 steps in one minute
+    assert steps_for_budget(1, 12.0, 20.0) == 30
+    assert steps_for_budget(1, 20.0, 18.0) == 20  # noisy timings: the long run's mean (3 s per step)
+    assert steps_for_budget(0.001, 12.0, 20.0) == 1
+
+
+def test_budget_path(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    res = _run(["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
+                "--limit", 1, "--dev_size", 2, "--max_new_tokens", 16, "--grounded", "on", "--out", out,
+                "--skip_zero_shot", "--budget_minutes", 0.02])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "time 2 training steps" in res.stdout and "time 6 training steps" in res.stdout
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["training"]["steps"] >= 1
 
 
 def test_missing_dataset_file_is_one_line_and_status_2(tmp_path):

@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split_num", type=int, help="most schema items per instruction (default: convert_func's)")
     p.add_argument("--neg_schema", type=float, default=1.0, help="convert_func --neg_schema of the training set")
     p.add_argument("--budget_minutes", type=float, default=20.0,
-                   help="LoRA training time (sets the steps from a 4-step timing run); 0: zero-shot only")
+                   help="LoRA training time (sets the steps from 2- and 6-step timing runs); 0: zero-shot only")
     p.add_argument("--max_steps", type=int, help="LoRA training steps (instead of the budget)")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--learning_rate", type=float, default=2e-3)
@@ -172,7 +172,7 @@ def benchmark(args) -> dict:
     if args.skip_zero_shot and not fine_tune:
         raise StepFailed("--skip_zero_shot with --budget_minutes 0 leaves nothing to run")
     stages = (not args.skip_zero_shot) + fine_tune
-    steps = 2 + 2 * len(grounding) * stages + fine_tune * (1 + (args.max_steps is None))
+    steps = 2 + 2 * len(grounding) * stages + fine_tune * (1 + len(TIMING_STEPS) * (args.max_steps is None))
     run = Runner(steps)
     started = time.perf_counter()
     model = model_folder(args.model)
@@ -246,9 +246,23 @@ def benchmark(args) -> dict:
     return summary
 
 
+TIMING_STEPS = (2, 6)  # two timing runs: their difference leaves out the first step's one-time costs
+
+
+def steps_for_budget(minutes: float, short_runtime: float, long_runtime: float) -> int:
+    """Training steps that fit ``minutes``, from the runtimes of the two timing runs (``TIMING_STEPS``). The
+    first steps carry one-time costs (allocation, warm-up: 10 s against 3.5 s for SmolLM2 on 2 cores), so a
+    single short run would under-use the budget by a third."""
+    extra = TIMING_STEPS[1] - TIMING_STEPS[0]
+    per_step = (long_runtime - short_runtime) / extra
+    if per_step <= 0:  # timings too noisy to subtract: the long run's mean
+        per_step = long_runtime / TIMING_STEPS[1]
+    return max(1, int(minutes * 60 / max(per_step, 1e-3)))
+
+
 def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out: Path) -> dict:
     """LoRA fine-tuning for ``--max_steps`` or, by default, for as many steps as fit ``--budget_minutes``
-    at the speed of a 4-step timing run."""
+    at the speed measured by two timing runs."""
     lora = out / "lora"
 
     def command(steps: int, folder: Path) -> list:
@@ -263,9 +277,11 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
 
     steps = args.max_steps
     if steps is None:
-        run("time 4 training steps (sets the steps of the budget)", command(4, out / "lora_timing"))
-        per_step = float(_train_stats(out / "lora_timing").get("train_runtime", 0)) / 4
-        steps = max(1, int(args.budget_minutes * 60 / max(per_step, 1e-3)))
+        runtimes = []
+        for n in TIMING_STEPS:
+            run(f"time {n} training steps (sets the steps of the budget)", command(n, out / "lora_timing"))
+            runtimes.append(float(_train_stats(out / "lora_timing").get("train_runtime", 0)))
+        steps = steps_for_budget(args.budget_minutes, *runtimes)
     seconds = run(f"LoRA fine-tuning ({steps} steps)", command(steps, lora))
     if not (lora / "adapter_config.json").is_file():
         raise StepFailed(f"{_rel(lora)}: fine-tuning left no adapter")

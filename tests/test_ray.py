@@ -98,10 +98,16 @@ def distributed_field(task):
     return get_task(task).result_field
 
 
-def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, records, one_process, tmp_path,
-                                                           ray_session):
+def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, records, tmp_path, ray_session):
+    # the sample 10 times over (240 records): long enough that the kill lands mid-run (24 records can all be
+    # answered between two looks at the parts)
+    many = tmp_path / "many.json"
+    lines = records.read_text(encoding="utf-8").splitlines()
+    many.write_text("".join(json.dumps({**json.loads(line), "id": f"{k}-{json.loads(line)['id']}"}) + "\n"
+                            for k in range(10) for line in lines), encoding="utf-8")
+    infer_run(infer_argv(tiny_model_dir, many, tmp_path / "one.json"))
     out = tmp_path / "ray.json"
-    argv = infer_argv(tiny_model_dir, records, out, "--ray", ray_session, "--num_workers", "1")
+    argv = infer_argv(tiny_model_dir, many, out, "--ray", ray_session, "--num_workers", "1")
     proc = subprocess.Popen([sys.executable, str(REPO / "src/inference.py"), *argv], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = Path(f"{out}.parts")
@@ -121,7 +127,7 @@ def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, rec
     done = sum(1 for _ in part.read_text(encoding="utf-8").splitlines()) - 1
     counts = infer_run(argv)
     assert counts.skipped == done and counts.generated == counts.records - done
-    assert out.read_bytes() == one_process[0]  # each record once, in input order
+    assert out.read_bytes() == (tmp_path / "one.json").read_bytes()  # each record once, in input order
 
 
 class CrashingJob(distributed.InferJob):

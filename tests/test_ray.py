@@ -102,9 +102,9 @@ def test_resume_after_a_killed_run_loses_and_repeats_nothing(tiny_model_dir, rec
     # the sample 10 times over (240 records): long enough that the kill lands mid-run (24 records can all be
     # answered between two looks at the parts)
     many = tmp_path / "many.json"
-    lines = records.read_text(encoding="utf-8").splitlines()
-    many.write_text("".join(json.dumps({**json.loads(line), "id": f"{k}-{json.loads(line)['id']}"}) + "\n"
-                            for k in range(10) for line in lines), encoding="utf-8")
+    rows = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines()]
+    many.write_text("".join(json.dumps({**row, "id": f"{k}-{row['id']}"}) + "\n" for k in range(10) for row in rows),
+                    encoding="utf-8")
     infer_run(infer_argv(tiny_model_dir, many, tmp_path / "one.json"))
     out = tmp_path / "ray.json"
     argv = infer_argv(tiny_model_dir, many, out, "--ray", ray_session, "--num_workers", "1")

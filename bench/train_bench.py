@@ -1,9 +1,11 @@
-"""Training throughput: padded DataCollatorForSeq2Seq (the original) vs this project's packing collator.
+"""Training throughput: padded DataCollatorForSeq2Seq (the original) vs this project's packing collator, and
+packing with the loss from the answer positions' logits only (``instructkgc.answer_loss``, what finetune.py does).
 
-Trains the tiny model (built on the fly) on instruction records converted from the bundled data/*/sample.json
-for a fixed number of steps, the same batches in the same order both ways, and prints useful (non-padding)
-tokens per second, the final loss of each, and the ratio. Runs alternate (A B A B) to even out machine noise.
-Usage: python bench/train_bench.py [--steps 30] [--batch_size 8] [--template alpaca]
+Trains a model (the tiny one built on the fly, or ``--model DIR``) on instruction records (converted from the
+bundled data/*/sample.json, or ``--train_file``) for a fixed number of steps, the same batches in the same order
+each way, and prints useful (non-padding) tokens per second, the final loss of each, and the ratios. Runs
+alternate (A B C A B C) to even out machine noise.
+Usage: python bench/train_bench.py [--steps 30] [--batch_size 8] [--template alpaca] [--model DIR --train_file F]
 """
 from __future__ import annotations
 
@@ -38,19 +40,30 @@ def converted_records(workdir: Path) -> list[dict]:
     return records
 
 
-def run_mode(model_dir, dataset, batches, collate, seed=0):
+def run_mode(model_dir, dataset, batches, collate, answer_only=False, lora_r=0, seed=0):
     from transformers import AutoModelForCausalLM
+
+    from instructkgc.answer_loss import answer_loss, answer_positions
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear"))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3 if lora_r else 3e-3)
     useful, computed, elapsed, losses = 0, 0, 0.0, []
     for idx in batches:
         feats = [dataset[i] for i in idx]
         batch = collate(feats)
         start = time.perf_counter()
-        loss = model(**batch).loss
+        if answer_only:
+            labels = batch.pop("labels")
+            positions = answer_positions(labels)
+            loss = answer_loss(model(**batch, logits_to_keep=positions).logits, labels, positions)
+        else:
+            loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -68,18 +81,21 @@ def main(argv=None):
     parser.add_argument("--template", default="alpaca")
     parser.add_argument("--cutoff_len", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", help="a local HF causal LM (default: the tiny model, built on the fly)")
+    parser.add_argument("--train_file", help="converted instruction records (default: the bundled samples)")
+    parser.add_argument("--lora_r", type=int, default=0, help="LoRA rank on all linear layers (0: full training)")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
     from instructkgc.args import DataArguments
-    from instructkgc.data import PackingCollator, preprocess_supervised
+    from instructkgc.data import PackingCollator, load_records, preprocess_supervised
     from instructkgc.template import get_template
     from instructkgc.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = build_tiny_model(tmp / "model")
-        records = converted_records(tmp)
+        model_dir = args.model or build_tiny_model(tmp / "model")
+        records = load_records(args.train_file) if args.train_file else converted_records(tmp)
         if not records:
             sys.exit("no records converted from data/*/sample*.json")
         tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
@@ -90,22 +106,28 @@ def main(argv=None):
                  for i in rng.sample(range(len(dataset)), len(dataset))]
         batches = [order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(args.steps)]
         lengths = [len(x) for x in dataset["input_ids"]]
-        print(f"{len(records)} converted records, {len(dataset)} examples, tokens/example min "
-              f"{min(lengths)} mean {sum(lengths) / len(lengths):.0f} max {max(lengths)}; {args.steps} steps of "
-              f"{args.batch_size}")
+        answers = [sum(label != -100 for label in x) for x in dataset["labels"]]
+        print(f"{len(records)} records, {len(dataset)} examples, tokens/example min {min(lengths)} mean "
+              f"{sum(lengths) / len(lengths):.0f} max {max(lengths)}, answer tokens "
+              f"{sum(answers) / sum(lengths):.1%}; {args.steps} steps of {args.batch_size}"
+              f"{f', LoRA r={args.lora_r}' if args.lora_r else ', full training'}")
         padded = DataCollatorForSeq2Seq(tok, pad_to_multiple_of=4, label_pad_token_id=-100)
         packed = PackingCollator(pad_token_id=tok.pad_token_id)
-        results = {"padded": [], "packed": []}
+        modes = (("padded", padded, False), ("packed", packed, False), ("packed+answer logits", packed, True))
+        results = {name: [] for name, _, _ in modes}
         for _ in range(args.repeats):
-            for name, collate in (("padded", padded), ("packed", packed)):
-                results[name].append(run_mode(model_dir, dataset, batches, collate))
+            for name, collate, answer_only in modes:
+                results[name].append(run_mode(model_dir, dataset, batches, collate, answer_only, args.lora_r))
         best = {name: (max(r[0] for r in runs), runs[-1][1], runs[-1][2]) for name, runs in results.items()}
         for name, (tps, loss, share) in best.items():
-            print(f"{name:7s}: {tps:9.0f} useful tokens/s, {share:6.1%} of computed positions useful, "
+            print(f"{name:21s}: {tps:9.0f} useful tokens/s, {share:6.1%} of computed positions useful, "
                   f"final loss {loss:.4f}")
-        diff = abs(best["packed"][1] - best["padded"][1]) / best["padded"][1] * 100
-        print(f"final loss difference: {diff:.2f}%")
-        print(f"train: {best['packed'][0] / best['padded'][0]:.2f}x useful tokens/s vs padded baseline")
+        for name in ("packed", "packed+answer logits"):
+            diff = abs(best[name][1] - best["padded"][1]) / best["padded"][1] * 100
+            print(f"{name}: {best[name][0] / best['padded'][0]:.2f}x useful tokens/s vs padded baseline, "
+                  f"final loss {diff:.2f}% from it")
+        print(f"answer logits: {best['packed+answer logits'][0] / best['packed'][0]:.2f}x useful tokens/s vs "
+              f"packed")
 
 
 if __name__ == "__main__":

@@ -191,3 +191,40 @@ def test_seed_readme_command_runs_unchanged(lora_run, tiny_model_dir, train_file
         "--save_total_limit", "10", "--lora_r", "64", "--lora_alpha", "64", "--lora_dropout", "0.05", "--bf16")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "adapter_model.safetensors").is_file() and (out / "eval_results.json").is_file()
+
+
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_training_loss_from_answer_logits_equals_the_full_loss(tiny_model_dir, train_file, tmp_path, num_items):
+    """finetune.py projects only the answer positions onto the vocabulary: same loss, same LoRA gradients as the
+    model's own loss over all positions (packed rows, and the Trainer's count over accumulated batches)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from instructkgc.args import DataArguments
+    from instructkgc.data import PackingCollator, load_records, preprocess_supervised
+    from instructkgc.template import get_template
+    from instructkgc.train import _trainer_class
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = preprocess_supervised(load_records(train_file), tok, DataArguments(template=TEMPLATE),
+                                 get_template(TEMPLATE).fix_tokenizer(tok))
+    batch = PackingCollator(pad_token_id=tok.pad_token_id, max_row_len=300)([data[i] for i in range(6)])
+    assert batch["input_ids"].shape[0] < 6  # several examples share a row
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True))
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    full = (lambda: model(**batch).loss) if num_items is None else \
+        (lambda: model(**batch, num_items_in_batch=num_items).loss)
+    expected, expected_grads = loss_and_grads(full)
+    got, got_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items))
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(expected_grads, got_grads))

@@ -61,6 +61,31 @@ def _no_eval(training_args) -> None:
     training_args.load_best_model_at_end = False
 
 
+def _trainer_class(base):
+    """``base`` (a Seq2SeqTrainer) whose training loss projects only the answer positions onto the vocabulary
+    (``answer_loss``); evaluation, label smoothing and models without ``logits_to_keep`` keep the default."""
+    from .answer_loss import answer_loss, answer_positions, takes_logits_to_keep
+
+    class Trainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if (return_outputs or not model.training or labels is None or self.label_smoother is not None
+                    or self.compute_loss_func is not None or not takes_logits_to_keep(model)):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            positions = answer_positions(labels)
+            if positions.numel() == 0:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=positions)
+            counted = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            loss = answer_loss(outputs.logits, labels, positions, counted)
+            if self.args.average_tokens_across_devices and counted is not None:  # as the default compute_loss
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+            return loss
+
+    return Trainer
+
+
 def run(argv=None) -> dict:
     """Parse arguments, train and/or evaluate; returns the metrics."""
     os.environ.setdefault("WANDB_DISABLED", "true")
@@ -91,7 +116,7 @@ def run(argv=None) -> dict:
             if state.is_world_process_zero:
                 write_args(Path(args.output_dir) / f"checkpoint-{state.global_step}", summary)
 
-    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
+    trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
                              data_collator=make_collator(tokenizer, model, data_args, training_args),
                              processing_class=tokenizer, callbacks=[SaveArgs()])
     metrics: dict = {}

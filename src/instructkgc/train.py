@@ -53,6 +53,13 @@ def _datasets(tokenizer, template, data_args, training_args):
     return train, valid
 
 
+def _token_count(dataset) -> int:
+    """Tokens of a tokenised dataset (its ``input_ids`` lengths, summed in Arrow without loading the rows)."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(dataset.data.column("input_ids"))).as_py() or 0)
+
+
 def _no_eval(training_args) -> None:
     from transformers.trainer_utils import IntervalStrategy
 
@@ -109,6 +116,9 @@ def run(argv=None) -> dict:
         if training_args.do_eval:
             logger.info("no validation data: evaluation is skipped")
         _no_eval(training_args)
+    if training_args.do_train and training_args.include_num_input_tokens_seen == "no":
+        # logged, and with train_tokens it turns the seconds of a few steps into those of an epoch
+        training_args.include_num_input_tokens_seen = "non_padding"
     summary = saved_args(model_args, data_args, training_args, finetuning_args)
 
     class SaveArgs(TrainerCallback):
@@ -126,6 +136,7 @@ def run(argv=None) -> dict:
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(training_args.output_dir)
             write_args(training_args.output_dir, summary)
+        result.metrics.update(train_samples=len(train), train_tokens=_token_count(train))
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

@@ -228,3 +228,13 @@ def test_training_loss_from_answer_logits_equals_the_full_loss(tiny_model_dir, t
     got, got_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items))
     assert got == pytest.approx(expected, rel=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(expected_grads, got_grads))
+
+
+def test_time_limit_ends_training_and_saves_the_last_step(tiny_model_dir, train_file, tmp_path):
+    out = tmp_path / "capped"
+    metrics = run(train_args(tiny_model_dir, train_file, out, "--max_train_minutes", "0.0001", steps=500))
+    assert metrics["train_steps"] == 1  # 6 ms: over after the first step, not after the 500 planned
+    assert (out / "adapter_model.safetensors").is_file()
+    saved = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    assert saved["train_steps"] == 1 and saved["train_samples"] == len(make_records(train_file))
+    assert saved["train_tokens"] > 0

@@ -88,6 +88,9 @@ class FinetuningArguments:
     upcast_layernorm: bool = field(default=False)
     neft_alpha: float = field(default=0)
     export_dir: Optional[str] = field(default=None)
+    max_train_minutes: Optional[float] = field(default=None, metadata={
+        "help": "Stop training once this many minutes have passed (checked after each step; the model of the "
+                "last step is saved). A time budget that holds even where the step estimate is off."})
 
     def __post_init__(self):
         self.name_module_trainable = _SPLIT(self.name_module_trainable)

@@ -270,10 +270,10 @@ def steps_for_budget(minutes: float, short: dict, long: dict, batch_size: int) -
 
 def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out: Path) -> dict:
     """LoRA fine-tuning for ``--max_steps`` or, by default, for as many steps as fit ``--budget_minutes``
-    at the speed measured by two timing runs."""
+    at the speed measured by two timing runs, the budget also enforced (finetune's ``--max_train_minutes``)."""
     lora = out / "lora"
 
-    def command(steps: int, folder: Path) -> list:
+    def command(steps: int, folder: Path, minutes: float | None = None) -> list:
         return [sys.executable, _rel(finetune), "--do_train", "--stage", "sft", *common,
                 "--train_file", _rel(train_file), "--output_dir", _rel(folder), "--overwrite_output_dir",
                 "--per_device_train_batch_size", args.batch_size, "--max_steps", steps,
@@ -281,24 +281,27 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
                 "--warmup_steps", max(1, steps // 20), "--cutoff_len", args.cutoff_len, "--finetuning_type", "lora",
                 "--lora_r", args.lora_r, "--lora_alpha", 2 * args.lora_r, "--lora_target_modules", "all",
                 "--logging_steps", max(1, steps // 10), "--save_strategy", "no", "--report_to", "none",
-                "--seed", "42", *(["--bf16"] if args.bf16 else [])]
+                "--seed", "42", *(["--bf16"] if args.bf16 else []),
+                *(["--max_train_minutes", minutes] if minutes else [])]
 
-    steps = args.max_steps
+    steps, minutes = args.max_steps, None
     if steps is None:
+        minutes = args.budget_minutes
         timings = []
         for n in TIMING_STEPS:
             run(f"time {n} training steps (sets the steps of the budget)", command(n, out / "lora_timing"))
             timings.append(_train_stats(out / "lora_timing"))
         steps = steps_for_budget(args.budget_minutes, *timings, args.batch_size)
-    seconds = run(f"LoRA fine-tuning ({steps} steps)", command(steps, lora))
+    seconds = run(f"LoRA fine-tuning ({steps} steps)", command(steps, lora, minutes))
     if not (lora / "adapter_config.json").is_file():
         raise StepFailed(f"{_rel(lora)}: fine-tuning left no adapter")
     stats = _train_stats(lora)
     examples = _count_lines(train_file)
-    return {"steps": steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-            "lora_r": args.lora_r, "bf16": args.bf16, "minutes": seconds / 60,
+    trained = stats.get("train_steps", steps)
+    return {"steps": trained, "planned_steps": steps, "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate, "lora_r": args.lora_r, "bf16": args.bf16, "minutes": seconds / 60,
             "train_loss": stats.get("train_loss"),
-            "examples": examples, "epochs": steps * args.batch_size / max(examples, 1), "adapter": lora}
+            "examples": examples, "epochs": trained * args.batch_size / max(examples, 1), "adapter": lora}
 
 
 def _pm(value: tuple[float, float]) -> str:
@@ -331,7 +334,9 @@ def render(summary: dict) -> str:
     if tr:
         loss = f", final train loss {tr['train_loss']:.3f}" if isinstance(tr.get("train_loss"), float) else ""
         bf16 = ", bf16" if tr.get("bf16") else ""
-        lines.append(f"- LoRA r={tr['lora_r']}{bf16}, {tr['steps']} steps × batch {tr['batch_size']} over "
+        cut = f" (of {tr['planned_steps']} planned: the budget ended it)" \
+            if tr.get("planned_steps", tr["steps"]) != tr["steps"] else ""
+        lines.append(f"- LoRA r={tr['lora_r']}{bf16}, {tr['steps']} steps{cut} × batch {tr['batch_size']} over "
                      f"{tr['examples']} training instructions ({tr['epochs']:.2f} epochs), "
                      f"lr {tr['learning_rate']}: "
                      f"{tr['minutes']:.1f} training minutes{loss}")

@@ -60,6 +60,33 @@ def _token_count(dataset) -> int:
     return int(pc.sum(pc.list_value_length(dataset.data.column("input_ids"))).as_py() or 0)
 
 
+def _time_limit(minutes: float):
+    """A callback that ends training after ``minutes`` (all ranks together: each step's decision is the
+    maximum over the ranks, so none is left waiting in a collective)."""
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        start = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stop = torch.tensor([time.monotonic() - self.start >= minutes * 60], dtype=torch.int32,
+                                device=args.device)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            if stop.item() and state.global_step < state.max_steps:
+                logger.warning("--max_train_minutes %g reached: training ends at step %d of %d", minutes,
+                               state.global_step, state.max_steps)
+                control.should_training_stop = True
+
+    return TimeLimit()
+
+
 def _no_eval(training_args) -> None:
     from transformers.trainer_utils import IntervalStrategy
 
@@ -128,7 +155,9 @@ def run(argv=None) -> dict:
 
     trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
                              data_collator=make_collator(tokenizer, model, data_args, training_args),
-                             processing_class=tokenizer, callbacks=[SaveArgs()])
+                             processing_class=tokenizer,
+                             callbacks=[SaveArgs()] + ([_time_limit(finetuning_args.max_train_minutes)]
+                                                       if finetuning_args.max_train_minutes else []))
     metrics: dict = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -136,7 +165,8 @@ def run(argv=None) -> dict:
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(training_args.output_dir)
             write_args(training_args.output_dir, summary)
-        result.metrics.update(train_samples=len(train), train_tokens=_token_count(train))
+        result.metrics.update(train_samples=len(train), train_tokens=_token_count(train),
+                              train_steps=result.global_step)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

@@ -143,9 +143,6 @@ def run(argv=None) -> dict:
         if training_args.do_eval:
             logger.info("no validation data: evaluation is skipped")
         _no_eval(training_args)
-    if training_args.do_train and training_args.include_num_input_tokens_seen == "no":
-        # logged, and with train_tokens it turns the seconds of a few steps into those of an epoch
-        training_args.include_num_input_tokens_seen = "non_padding"
     summary = saved_args(model_args, data_args, training_args, finetuning_args)
 
     class SaveArgs(TrainerCallback):

@@ -281,7 +281,7 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
                 "--warmup_steps", max(1, steps // 20), "--cutoff_len", args.cutoff_len, "--finetuning_type", "lora",
                 "--lora_r", args.lora_r, "--lora_alpha", 2 * args.lora_r, "--lora_target_modules", "all",
                 "--logging_steps", max(1, steps // 10), "--save_strategy", "no", "--report_to", "none",
-                "--seed", "42", *(["--bf16"] if args.bf16 else []),
+                "--seed", "42", "--include_num_input_tokens_seen", "true", *(["--bf16"] if args.bf16 else []),
                 *(["--max_train_minutes", minutes] if minutes else [])]
 
     steps, minutes = args.max_steps, None

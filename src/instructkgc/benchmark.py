@@ -256,7 +256,10 @@ def steps_for_budget(minutes: float, short: dict, long: dict, batch_size: int) -
     warm-up: 10 s against 3.5 s per step for SmolLM2 on 2 cores). The timed batches are a few random ones and
     a batch costs about its tokens, so their time per token is scaled to the mean batch of the whole training
     set (``train_tokens`` / ``train_samples`` × the batch size): 4 timed steps of short texts would otherwise
-    overrun the budget by a third. Without token counts, the time per timed step."""
+    overrun the budget by a third. The timing runs count all input tokens, row padding included (transformers'
+    parser takes only true/false for ``--include_num_input_tokens_seen``), against the set's unpadded tokens:
+    the estimate leans to fewer steps, and ``--max_train_minutes`` holds the other side. Without token counts,
+    the time per timed step."""
     seconds = long.get("train_runtime", 0) - short.get("train_runtime", 0)
     tokens = long.get("num_input_tokens_seen", 0) - short.get("num_input_tokens_seen", 0)
     if seconds <= 0:  # timings too noisy to subtract: the long run's mean

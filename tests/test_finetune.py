@@ -238,3 +238,34 @@ def test_time_limit_ends_training_and_saves_the_last_step(tiny_model_dir, train_
     saved = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
     assert saved["train_steps"] == 1 and saved["train_samples"] == len(make_records(train_file))
     assert saved["train_tokens"] > 0
+
+
+def test_time_limit_moves_the_schedule_end_to_the_step_that_fits(monkeypatch):
+    """Planned 100 steps of 1 s in a 30 s limit: the schedule is refitted to end (decayed) near step 30."""
+    import time
+
+    from transformers import TrainerControl, TrainerState, get_cosine_schedule_with_warmup
+
+    from instructkgc.train import _time_limit
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=5, num_training_steps=100)
+    state, control = TrainerState(max_steps=100), TrainerControl()
+    callback = _time_limit(0.5)
+    args = type("Args", (), {"device": torch.device("cpu")})()
+    callback.on_train_begin(args, state, control)
+    lrs = []
+    while not control.should_training_stop:
+        clock[0] += 1.0
+        optimizer.step()
+        scheduler.step()
+        state.global_step += 1
+        callback.on_step_end(args, state, control, lr_scheduler=scheduler)
+        lrs.append(scheduler.get_last_lr()[0])
+    assert 28 <= state.global_step <= 31  # stopped by the refitted end, before 100
+    assert lrs[-1] < 0.01  # the cosine reached its end instead of being cut off near its peak
+    assert max(abs(a - b) for a, b in zip(lrs[5:], lrs[6:])) < 0.1  # past warm-up: no jump where the end moved
+    assert lrs[9] == pytest.approx(get_cosine_schedule_with_warmup(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 5, 100).lr_lambdas[0](10))

@@ -58,7 +58,8 @@ def test_torchrun_two_processes(tiny_model_dir, tmp_path):
     gets find_unused_parameters=True, which with checkpointing fails ("mark a variable ready only once")."""
     pytest.importorskip("bitsandbytes")
     out, log = _train(TORCHRUN, tiny_model_dir, tmp_path, "--bits", "4", "--gradient_checkpointing",
-                      "--use_cpu")  # without it transformers runs one independent process per rank on a CPU
+                      "--use_cpu",  # without it transformers runs one independent process per rank on a CPU
+                      "--max_train_minutes", "60")  # its per-step decision is an all-reduce over the ranks
     assert "over 2 processes: ddp_find_unused_parameters=False" in log
     _assert_loadable(tiny_model_dir, out)
 

@@ -240,8 +240,9 @@ def test_time_limit_ends_training_and_saves_the_last_step(tiny_model_dir, train_
     assert saved["train_tokens"] > 0
 
 
-def test_time_limit_moves_the_schedule_end_to_the_step_that_fits(monkeypatch):
-    """Planned 100 steps of 1 s in a 30 s limit: the schedule is refitted to end (decayed) near step 30."""
+def _limited_run(monkeypatch, minutes, step_seconds, planned=100):
+    """Drive the --max_train_minutes callback over a cosine schedule with a fake clock (``step_seconds(step)``);
+    the learning rate after each step, and the callback."""
     import time
 
     from transformers import TrainerControl, TrainerState, get_cosine_schedule_with_warmup
@@ -251,21 +252,37 @@ def test_time_limit_moves_the_schedule_end_to_the_step_that_fits(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=5, num_training_steps=100)
-    state, control = TrainerState(max_steps=100), TrainerControl()
-    callback = _time_limit(0.5)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=5, num_training_steps=planned)
+    state, control = TrainerState(max_steps=planned), TrainerControl()
+    callback = _time_limit(minutes)
     args = type("Args", (), {"device": torch.device("cpu")})()
     callback.on_train_begin(args, state, control)
-    lrs = []
+    lrs, ends = [], []
     while not control.should_training_stop:
-        clock[0] += 1.0
+        clock[0] += step_seconds(state.global_step)
         optimizer.step()
         scheduler.step()
         state.global_step += 1
         callback.on_step_end(args, state, control, lr_scheduler=scheduler)
         lrs.append(scheduler.get_last_lr()[0])
-    assert 28 <= state.global_step <= 31  # stopped by the refitted end, before 100
+        ends.append(callback.end)
+    return lrs, ends
+
+
+def test_time_limit_moves_the_schedule_end_to_the_step_that_fits(monkeypatch):
+    """Planned 100 steps of 1 s in a 30 s limit: the schedule is refitted to end (decayed) near step 30."""
+    lrs, _ = _limited_run(monkeypatch, 0.5, lambda step: 1.0)
+    assert 28 <= len(lrs) <= 31  # stopped by the refitted end, before 100
     assert lrs[-1] < 0.01  # the cosine reached its end instead of being cut off near its peak
     assert max(abs(a - b) for a, b in zip(lrs[5:], lrs[6:])) < 0.1  # past warm-up: no jump where the end moved
-    assert lrs[9] == pytest.approx(get_cosine_schedule_with_warmup(
+    from transformers import get_cosine_schedule_with_warmup
+
+    assert lrs[9] == pytest.approx(get_cosine_schedule_with_warmup(  # the schedule as planned up to the first check
         torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 5, 100).lr_lambdas[0](10))
+
+
+def test_time_limit_moves_the_end_back_when_the_steps_speed_up(monkeypatch):
+    """1 s steps, then 0.1 s ones from step 20, in 60 s: the end first moves to ~60, then back to the planned 100."""
+    lrs, ends = _limited_run(monkeypatch, 1.0, lambda step: 1.0 if step < 20 else 0.1)
+    assert min(ends) < 70 and ends[-1] == 100 and len(lrs) == 100
+    assert lrs[-1] < 0.01 and max(abs(a - b) for a, b in zip(lrs[5:], lrs[6:])) < 0.1

@@ -86,8 +86,8 @@ class FittedSchedule:
 def _time_limit(minutes: float):
     """A callback for ``--max_train_minutes``: ends training at the first step past ``minutes`` and, from the
     time the steps have taken so far, moves the end of the learning-rate schedule to the step that will end in
-    time whenever the planned steps would not fit (re-checked ten times over a run, never lengthened), so a
-    cosine schedule still decays to its end instead of being cut off high. All ranks decide from the same
+    time whenever the planned steps would not fit (re-checked ten times over a run; moved back up to the planned
+    end when the steps speed up), so a cosine schedule still decays to its end instead of being cut off high. All ranks decide from the same
     numbers (the slowest rank's clock), so none is left waiting in a collective."""
     import time
 
@@ -110,7 +110,8 @@ def _time_limit(minutes: float):
             elif step < self.end and step % max(1, state.max_steps // 10) == 0:
                 per_step = (seconds - self.first_seconds) / (step - self.first_step)
                 fits = step + int((minutes * 60 - seconds) / max(per_step, 1e-9))
-                if fits < self.end and self._fit(lr_scheduler, step, max(fits, step + 1)):
+                end = min(max(fits, step + 1), state.max_steps)
+                if end != self.end and self._fit(lr_scheduler, step, end, state.max_steps):
                     logger.warning("--max_train_minutes %g: at %.2f s per step, the learning-rate schedule now "
                                    "ends at step %d (planned %d)", minutes, per_step, self.end, state.max_steps)
             if step >= self.end or seconds >= minutes * 60:
@@ -119,13 +120,13 @@ def _time_limit(minutes: float):
                                    state.max_steps)
                 control.should_training_stop = True
 
-        def _fit(self, scheduler, step: int, end: int) -> bool:
+        def _fit(self, scheduler, step: int, end: int, planned: int) -> bool:
             lambdas = getattr(scheduler, "lr_lambdas", None)
             if not lambdas:  # not a LambdaLR: the limit alone holds the time
                 return False
             for i, factor in enumerate(lambdas):
                 if not isinstance(factor, FittedSchedule):
-                    lambdas[i] = factor = FittedSchedule(factor, self.end)
+                    lambdas[i] = factor = FittedSchedule(factor, planned)
                 factor.refit(step, end)
             self.end = end
             return True

@@ -60,76 +60,29 @@ def _token_count(dataset) -> int:
     return int(pc.sum(pc.list_value_length(dataset.data.column("input_ids"))).as_py() or 0)
 
 
-class FittedSchedule:
-    """A learning-rate factor (a ``LambdaLR`` entry) whose schedule can be made to end at an earlier step than
-    planned: after ``refit(step, end)``, steps ``step..end`` walk the rest of the original schedule
-    (``step``'s position onward to its planned end), so the change is continuous and cosine or linear still
-    decay to their end value."""
-
-    def __init__(self, factor, planned_end: int):
-        self.factor, self.planned_end = factor, planned_end
-        self.anchor, self.position, self.rate = 0, 0.0, 1.0
-
-    def at(self, step: int) -> float:
-        """Where ``step`` is on the original schedule."""
-        return self.position + (step - self.anchor) * self.rate
-
-    def refit(self, step: int, end: int) -> None:
-        position = self.at(step)
-        self.anchor, self.position = step, position
-        self.rate = (self.planned_end - position) / max(end - step, 1)
-
-    def __call__(self, step: int) -> float:
-        return self.factor(min(self.at(step), self.planned_end))
-
-
 def _time_limit(minutes: float):
-    """A callback for ``--max_train_minutes``: ends training at the first step past ``minutes`` and, from the
-    time the steps have taken so far, moves the end of the learning-rate schedule to the step that will end in
-    time whenever the planned steps would not fit (re-checked ten times over a run; moved back up to the planned
-    end when the steps speed up), so a cosine schedule still decays to its end instead of being cut off high. All ranks decide from the same
-    numbers (the slowest rank's clock), so none is left waiting in a collective."""
+    """A callback that ends training after ``minutes`` (all ranks together: each step's decision is the
+    maximum over the ranks, so none is left waiting in a collective)."""
     import time
 
     import torch
     from transformers import TrainerCallback
 
     class TimeLimit(TrainerCallback):
-        start, first_step, first_seconds, end = 0.0, None, 0.0, None
+        start = 0.0
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start, self.end = time.monotonic(), state.max_steps
+            self.start = time.monotonic()
 
-        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
-            elapsed = torch.tensor([time.monotonic() - self.start], dtype=torch.float64, device=args.device)
+        def on_step_end(self, args, state, control, **kwargs):
+            stop = torch.tensor([time.monotonic() - self.start >= minutes * 60], dtype=torch.int32,
+                                device=args.device)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
-            seconds, step = elapsed.item(), state.global_step
-            if self.first_step is None:  # the first step carries one-time costs: timed from its end
-                self.first_step, self.first_seconds = step, seconds
-            elif step < self.end and step % max(1, state.max_steps // 10) == 0:
-                per_step = (seconds - self.first_seconds) / (step - self.first_step)
-                fits = step + int((minutes * 60 - seconds) / max(per_step, 1e-9))
-                end = min(max(fits, step + 1), state.max_steps)
-                if end != self.end and self._fit(lr_scheduler, step, end, state.max_steps):
-                    logger.warning("--max_train_minutes %g: at %.2f s per step, the learning-rate schedule now "
-                                   "ends at step %d (planned %d)", minutes, per_step, self.end, state.max_steps)
-            if step >= self.end or seconds >= minutes * 60:
-                if step < state.max_steps:
-                    logger.warning("--max_train_minutes %g: training ends at step %d of %d", minutes, step,
-                                   state.max_steps)
+                torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            if stop.item() and state.global_step < state.max_steps:
+                logger.warning("--max_train_minutes %g reached: training ends at step %d of %d", minutes,
+                               state.global_step, state.max_steps)
                 control.should_training_stop = True
-
-        def _fit(self, scheduler, step: int, end: int, planned: int) -> bool:
-            lambdas = getattr(scheduler, "lr_lambdas", None)
-            if not lambdas:  # not a LambdaLR: the limit alone holds the time
-                return False
-            for i, factor in enumerate(lambdas):
-                if not isinstance(factor, FittedSchedule):
-                    lambdas[i] = factor = FittedSchedule(factor, planned)
-                factor.refit(step, end)
-            self.end = end
-            return True
 
     return TimeLimit()
 

@@ -258,9 +258,9 @@ def steps_for_budget(minutes: float, short: dict, long: dict, batch_size: int) -
     set (``train_tokens`` / ``train_samples`` × the batch size): 4 timed steps of short texts would otherwise
     overrun the budget by a third. The timing runs count all input tokens, row padding included (transformers'
     parser takes only true/false for ``--include_num_input_tokens_seen``), while the set's mean batch is
-    counted without it, so the estimate leans to more steps than fit (the full runs of CrossNER politics and
-    science ran 4% and 14% over it); finetune's ``--max_train_minutes`` then ends the learning-rate schedule at the step that
-    fits. Without token counts, the time per timed step."""
+    counted without it, so the estimate leans to more steps than fit (full runs went 4% to 47% slower per step than
+    their estimate); finetune's ``--max_train_minutes`` holds the budget (training ends at the first step past
+    it, the learning rate where the schedule had it). Without token counts, the time per timed step."""
     seconds = long.get("train_runtime", 0) - short.get("train_runtime", 0)
     tokens = long.get("num_input_tokens_seen", 0) - short.get("num_input_tokens_seen", 0)
     if seconds <= 0:  # timings too noisy to subtract: the long run's mean

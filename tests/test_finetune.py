@@ -254,7 +254,7 @@ def test_training_keeps_freed_memory_for_reuse():
         return int(Path("/proc/self/statm").read_text().split()[1]) * page
 
     assert keep_freed_memory()
-    before = rss()
     block = torch.ones(16 * 2 ** 20)  # 64 MB, touched
+    held = rss()
     del block
-    assert rss() - before > 60 * 2 ** 20
+    assert held - rss() < 8 * 2 ** 20  # by default the whole block goes back to the system

@@ -106,7 +106,7 @@ def test_budget_path(tiny_model_dir, tmp_path):
     timing = json.loads((out / "lora_timing" / "train_results.json").read_text(encoding="utf-8"))
     records = [json.loads(line) for line in (out / "instructions" / "train.json").open(encoding="utf-8")]
     assert timing["train_samples"] == len(records)
-    assert timing["train_tokens"] > 0  # with --include_num_input_tokens_seen, what scales the budget
+    assert timing["train_tokens"] > 0 and timing["num_input_tokens_seen"] > 0  # what scales the budget
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["training"]["steps"] >= 1
 
 

@@ -58,7 +58,6 @@ def test_torchrun_two_processes(tiny_model_dir, tmp_path):
     gets find_unused_parameters=True, which with checkpointing fails ("mark a variable ready only once")."""
     pytest.importorskip("bitsandbytes")
     out, log = _train(TORCHRUN, tiny_model_dir, tmp_path, "--bits", "4", "--gradient_checkpointing",
-                      "--use_cpu",  # without it transformers runs one independent process per rank on a CPU
                       "--max_train_minutes", "60")  # its per-step decision is an all-reduce over the ranks
     assert "over 2 processes: ddp_find_unused_parameters=False" in log
     _assert_loadable(tiny_model_dir, out)
@@ -69,5 +68,9 @@ def test_deepspeed_zero2_two_processes(tiny_model_dir, tmp_path):
     config = tmp_path / "ds_cpu_zero2.json"  # CPU: fp32, no optimizer offload (the bf16 configs are for GPUs)
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": "auto",
                                   "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": "auto"}))
-    out, _ = _train(TORCHRUN, tiny_model_dir, tmp_path, "--deepspeed", str(config))
+    out, log = _train(TORCHRUN, tiny_model_dir, tmp_path, "--deepspeed", str(config))
+    # without a GPU the two processes must still form one world of 2 (else both train all the data and write
+    # the same output files at the same time); no --use_cpu is needed on the command line
+    assert "the 2 processes train together on the CPU" in log
+    assert "over 2 processes: ddp_find_unused_parameters=False" in log
     _assert_loadable(tiny_model_dir, out)

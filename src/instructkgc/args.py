@@ -151,15 +151,22 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             self.eval_strategy = self.evaluation_strategy
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
-        self._cpu_only_precision()
+        self._without_gpu()
         super().__post_init__()
 
-    def _cpu_only_precision(self) -> None:
-        """Let GPU command lines run on a machine without an accelerator: bf16 → CPU autocast, fp16 → fp32."""
+    def _without_gpu(self) -> None:
+        """Let GPU command lines run on a machine without an accelerator: bf16 → CPU autocast, fp16 → fp32, and
+        several processes (torchrun, deepspeed) train together on the CPU. Without ``use_cpu`` there,
+        transformers gives every process a world of one: each trains on all the data and writes the same
+        output files at the same time."""
         import torch
 
         if torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()):
             return
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:
+            logger.info("no GPU found: the %s processes train together on the CPU (use_cpu)",
+                        os.environ["WORLD_SIZE"])
+            self.use_cpu = True
         if self.bf16 and not self.use_cpu:
             logger.warning("no GPU found: --bf16 runs as CPU bf16 autocast (use_cpu)")
             self.use_cpu = True

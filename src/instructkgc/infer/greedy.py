@@ -165,32 +165,28 @@ class GreedyLoop:
         # packed_sdpa for SDPA models; not where setting the attention would also reach sub-models' configs
         self._packed = not self._additive and not getattr(config, "sub_configs", None)
         self._bitmask = None
-        self._bits = torch.arange(32, dtype=torch.int32)
 
     # ---- choosing tokens -----------------------------------------------------------------------------------
     def _choose(self, row: _Row, hidden: torch.Tensor, logits: Optional[torch.Tensor]) -> int:
         """The greedy token for ``row`` from its ``logits``, or from its ``hidden`` state when the logits were not
         computed (masked by its grammar; closing policy applied)."""
         g = row.grammar
-        if g is not None:
+        if g is None:
+            token = int(logits.argmax())
+        else:
             if self._bitmask is None:
                 self._bitmask = g.cache.xgr.allocate_token_bitmask(1, g.cache.vocab_size)
-            g.matcher.fill_next_token_bitmask(self._bitmask, 0)
-            bits = (self._bitmask[0, :, None] >> self._bits) & 1
-            allowed = bits.view(-1)[:g.cache.vocab_size].nonzero().squeeze(1)
+            allowed = g.allowed_tokens(self._bitmask)
             row.narrow = self._head.weight is not None and len(allowed) <= MAX_NARROW
             if logits is None and row.narrow:
-                chosen, width = self._head.rows(hidden, allowed), self._head.weight.shape[0]
+                chosen = self._head.rows(hidden, allowed)
                 self.stats.narrow_tokens += 1
             else:
                 if logits is None:  # narrow last time, not now: whole logits for this one position
                     logits = self._head.logits(hidden[None])[0]
-                chosen, width = logits[allowed.to(logits.device)].cpu(), logits.shape[-1]
-            logits = torch.full((width,), float("-inf"))
-            logits[allowed] = chosen
-            g.constrain(logits, len(row.tokens))
-        token = int(logits.argmax())
-        if g is not None:
+                chosen = logits[allowed.to(logits.device)].cpu()
+            # the arg-max over the allowed tokens (ascending: ties go to the lowest id, as over the whole row)
+            token = g.closing_choice(int(allowed[int(chosen.argmax())]), len(row.tokens))
             g.matcher.accept_token(token)
         row.tokens.append(token)
         self.stats.new_tokens += 1

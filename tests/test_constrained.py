@@ -86,3 +86,27 @@ def test_closing_text_from_inside_a_free_key_before_fixed_keys(tiny_model_dir):
         tokens = cache.spell(matcher, text, 100)
         assert tokens and all(matcher.accept_token(t) for t in tokens) and matcher.is_completed()
         assert isinstance(json.loads(prefix + text.decode()), dict)
+
+
+def test_allowed_tokens_are_the_bitmask_tokens(tiny_model_dir):
+    """The greedy loop chooses among ``RowGrammar.allowed_tokens``: exactly the tokens whose logits xgrammar's own
+    mask leaves finite, at every step of an answer (from few allowed tokens to nearly the whole vocabulary)."""
+    from instructkgc.infer.constrained import GrammarCache, RowGrammar
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    schema = {"type": "object", "required": ["人物", "地点"], "additionalProperties": False,
+              "properties": {"人物": {"type": "array", "items": {"type": "string"}},
+                             "地点": {"type": "array", "items": {"type": "string"}}}}
+    bitmask = cache.xgr.allocate_token_bitmask(1, cache.vocab_size)
+    answer = '{"人物": ["张三", "Alice"], "地点": []}'
+    sizes = set()
+    for end in range(len(answer)):  # the state after every prefix of a valid answer
+        row = RowGrammar(cache, cache.matcher(schema), 64)
+        assert row.matcher.accept_string(answer[:end].encode())
+        allowed = row.allowed_tokens(bitmask)
+        scores = torch.zeros(1, cache.vocab_size)
+        cache.xgr.apply_token_bitmask_inplace(scores, bitmask, vocab_size=cache.vocab_size)
+        assert allowed.tolist() == torch.isfinite(scores[0]).nonzero().squeeze(1).tolist(), answer[:end]
+        sizes.add(len(allowed))
+    assert min(sizes) < 50 and max(sizes) > cache.vocab_size // 2

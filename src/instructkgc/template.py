@@ -268,7 +268,8 @@ class AutoTemplate(Template):
 
     def encode_multiturn(self, tokenizer, history, system=None):
         if not getattr(tokenizer, "chat_template", None):
-            raise UsageError("--template auto: the tokenizer has no chat_template; pass a template name")
+            raise UsageError("--template auto: the tokenizer has no chat_template (a base model?); pass a template "
+                             "name, e.g. --template alpaca")
         messages = [{"role": "system", "content": system}] if system else []
         pairs, done = [], []
         for query, response in history:

@@ -12,8 +12,10 @@ For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix product
 their weights x token positions computed, padding included; attention and the output layer left out) as a share of
 the peak of a large matmul in the run's dtype, measured in the same run. Then the share of answer tokens forced by
 the grammar and of those chosen from the logits of the allowed tokens only, the time spent choosing tokens (grammar
-masks, closing policy, the output layer's rows for them) in the new loop, whether the answers are identical, the
-load average, and last:
+masks, closing policy, the output layer's rows for them) in the new loop; the rate of the decoder's matrix products
+run alone at the new engine's mean positions per pass (the most its passes can get from these cores at that size)
+and the share of its time they would take at that rate; whether the answers are identical, the load average,
+and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
 from __future__ import annotations
@@ -73,6 +75,21 @@ def peak_gflops(size: int = 2048, repeats: int = 4, dtype=torch.float32) -> floa
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
+
+
+def products_alone(model, rows: int, repeats: int = 3) -> float:
+    """GFLOP/s of the decoder layers' matrix products run alone, one after another, on ``rows`` token positions:
+    what these cores give a pass of that many positions (each pass streams every weight from memory once)."""
+    weights = [m.weight for m in model.get_decoder().modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first one warms up
+            start = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            best = min(best, time.perf_counter() - start)
+    return 2 * rows * sum(w.numel() for w in weights) / best / 1e9
 
 
 class FlopCounter:
@@ -186,6 +203,12 @@ def main(argv=None) -> None:
           f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
           f"tokens (grammar, closing policy, allowed tokens' logits) "
           f"{100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
+    rows = round(counter.positions / max(stats.decode_passes, 1))  # the counter holds the last run: the new engine
+    alone = products_alone(model, rows)
+    at_rate = counter.flops() / alone / 1e9
+    print(f"decoder products alone at the new engine's {rows} positions per pass: {alone:.1f} GFLOP/s "
+          f"({100 * alone / peak:.1f}% of peak); at that rate its passes' products take {at_rate:.2f}s, "
+          f"{100 * at_rate / results['new engine'][1]:.0f}% of its time")
     reference = results["one-at-a-time" if "one-at-a-time" in results else "static batches"][0]
     same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
     print("identical to " + ("one-at-a-time" if "one-at-a-time" in results else "static batches") + ": "

@@ -13,7 +13,7 @@ their weights x token positions computed, padding included; attention and the ou
 the peak of a large matmul in the run's dtype, measured in the same run. Then the share of answer tokens forced by
 the grammar and of those chosen from the logits of the allowed tokens only, the time spent choosing tokens (grammar
 masks, closing policy, the output layer's rows for them) in the new loop; the rate of the decoder's matrix products
-run alone at the new engine's mean positions per pass (the most its passes can get from these cores at that size)
+run alone at the new engine's mean positions per pass (what these cores give products of that size)
 and the share of its time they would take at that rate; whether the answers are identical, the load average,
 and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.

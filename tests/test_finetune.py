@@ -146,6 +146,19 @@ def test_qlora_4bit_learns(tiny_model_dir, train_file, tmp_path):
     assert exact_match(tiny_model_dir, str(out), make_records(train_file), bits=4) >= 0.9
 
 
+def test_lora_layers_puts_lora_on_the_last_layers_only(tiny_model_dir, train_file, tmp_path):
+    from safetensors import safe_open
+
+    layers = json.loads((Path(tiny_model_dir) / "config.json").read_text())["num_hidden_layers"]
+    assert layers >= 2
+    out = tmp_path / "top"
+    run(train_args(tiny_model_dir, train_file, out, "--lora_target_modules", "all", "--lora_layers", "1", steps=2))
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        trained = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys() if "lora_" in k}
+    assert trained == {layers - 1}
+    assert read_args(out)["lora_layers"] == 1
+
+
 def _cli(*args, cwd=REPO):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([sys.executable, "src/finetune.py", *args], cwd=cwd, capture_output=True, text=True,
@@ -156,6 +169,7 @@ def _cli(*args, cwd=REPO):
     (["--bits", "3"], "--bits"),
     (["--predict_with_generate"], "--predict_with_generate"),
     (["--template", "nope"], "unknown --template"),
+    (["--lora_layers", "0"], "--lora_layers 0"),
     (["--checkpoint_dir", "a,b", "--finetuning_type", "full"], "several --checkpoint_dir"),
     (["--bits", "4", "--deepspeed", "configs/ds_config_bf16_stage3.json"], "ZeRO-3"),
     (["--train_file", "missing.json"], "file not found"),

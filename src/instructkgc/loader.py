@@ -242,9 +242,14 @@ def init_adapter(model, model_args, finetuning_args, is_trainable: bool):
         targets = finetuning_args.lora_target_modules
         if targets is None or targets == ["all"]:
             targets = find_all_linear_modules(model, model_args.model_name)
+        layers = None
+        if finetuning_args.lora_layers is not None:
+            total = model.config.get_text_config().num_hidden_layers
+            layers = list(range(max(0, total - finetuning_args.lora_layers), total))
         config = LoraConfig(task_type=TaskType.CAUSAL_LM, inference_mode=False, r=finetuning_args.lora_r,
                             lora_alpha=finetuning_args.lora_alpha, lora_dropout=finetuning_args.lora_dropout,
-                            target_modules=targets, modules_to_save=finetuning_args.additional_target)
+                            target_modules=targets, modules_to_save=finetuning_args.additional_target,
+                            layers_to_transform=layers)
         try:
             model = get_peft_model(model, config)
         except ValueError as exc:

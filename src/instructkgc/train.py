@@ -18,8 +18,8 @@ from .utils import UsageError, get_logger
 logger = get_logger(__name__)
 
 SAVED_KEYS = ("model_name_or_path", "model_name", "template", "cutoff_len", "max_target_length", "finetuning_type",
-              "bits", "lora_r", "lora_alpha", "lora_target_modules", "additional_target", "checkpoint_dir",
-              "system_prompt", "train_on_prompt", "packing", "stage")
+              "bits", "lora_r", "lora_alpha", "lora_target_modules", "lora_layers", "additional_target",
+              "checkpoint_dir", "system_prompt", "train_on_prompt", "packing", "stage")
 
 
 def saved_args(model_args, data_args, training_args, finetuning_args) -> dict:

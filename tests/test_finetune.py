@@ -170,6 +170,7 @@ def _cli(*args, cwd=REPO):
     (["--predict_with_generate"], "--predict_with_generate"),
     (["--template", "nope"], "unknown --template"),
     (["--lora_layers", "0"], "--lora_layers 0"),
+    (["--lora_layers", "2", "--finetuning_type", "full"], "--lora_layers 2"),
     (["--checkpoint_dir", "a,b", "--finetuning_type", "full"], "several --checkpoint_dir"),
     (["--bits", "4", "--deepspeed", "configs/ds_config_bf16_stage3.json"], "ZeRO-3"),
     (["--train_file", "missing.json"], "file not found"),

@@ -100,8 +100,9 @@ class FinetuningArguments:
         self.additional_target = _SPLIT(self.additional_target) or None
         if self.lora_alpha is None:
             self.lora_alpha = self.lora_r * 2.0
-        if self.lora_layers is not None and self.lora_layers < 1:
-            raise UsageError(f"--lora_layers {self.lora_layers}: give a number of layers of at least 1")
+        if self.lora_layers is not None and (self.lora_layers < 1 or self.finetuning_type != "lora"):
+            raise UsageError(f"--lora_layers {self.lora_layers}: give a number of layers of at least 1, "
+                             "with --finetuning_type lora")
         self.lora_target_modules = parse_module_list(self.lora_target_modules)
 
 

@@ -187,6 +187,22 @@ def test_invalid_combinations_exit_2(extra, message, tiny_model_dir, train_file,
     assert last.startswith("error:") and message in last
 
 
+def test_refused_zero3_run_leaves_no_deepspeed_config_behind(tiny_model_dir, train_file, tmp_path, monkeypatch):
+    """In one process (a notebook, a test run): after a refused ZeRO-3 run, models load normally again."""
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("bitsandbytes")
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from instructkgc.utils import UsageError
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(UsageError, match="ZeRO-3") as refused:
+        run(["--do_train", "--model_name_or_path", tiny_model_dir, "--train_file", train_file, "--output_dir",
+             str(tmp_path / "o"), "--bits", "4", "--deepspeed", "configs/ds_config_bf16_stage3.json"])
+    assert refused.traceback  # the traceback (and the refused arguments in it) is still alive here
+    assert not is_deepspeed_zero3_enabled()
+
+
 def test_missing_train_file_exit_2_cli(tiny_model_dir, tmp_path):
     result = _cli("--do_train", "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path / "o"))
     assert result.returncode == 2 and "--train_file" in result.stderr.strip().splitlines()[-1]

@@ -10,6 +10,7 @@ lines that are accepted so old scripts keep running, and ignored with one warnin
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -367,30 +368,31 @@ def _last_checkpoint(output_dir: str) -> Optional[str]:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-def _forget_deepspeed_config() -> None:
-    """Unregister the DeepSpeed config of refused arguments: transformers registers it process-wide when
-    ``TrainingArguments`` is built, and while that object lives (an exception's traceback keeps it) every later
-    model load in the process would follow it (ZeRO-3: partitioned at load)."""
-    try:
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-    except ImportError:
-        return
-    unset_hf_deepspeed_config()
+def _refusal_forgets_deepspeed(parse):
+    """``parse``, unregistering the DeepSpeed config of arguments it refuses: transformers registers it
+    process-wide when ``TrainingArguments`` is built, and while that object lives (an exception's traceback keeps
+    it) every later model load in the process would follow it (ZeRO-3: partitioned at load)."""
+    @functools.wraps(parse)
+    def checked(argv=None):
+        try:
+            return parse(argv)
+        except Exception:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            raise
+    return checked
 
 
+@_refusal_forgets_deepspeed
 def parse_train_args(argv=None):
     """Parse and check training arguments.
 
     Returns ``(model_args, data_args, training_args, finetuning_args, generating_args)``; raises UsageError
     on invalid input.
     """
-    try:
-        model_args, data_args, training_args, finetuning_args, generating_args = parse_dataclasses(TRAIN_CLASSES,
-                                                                                                  argv)
-        check_train_args(model_args, data_args, training_args, finetuning_args)
-    except Exception:
-        _forget_deepspeed_config()
-        raise
+    model_args, data_args, training_args, finetuning_args, generating_args = parse_dataclasses(TRAIN_CLASSES, argv)
+    check_train_args(model_args, data_args, training_args, finetuning_args)
     _finish_common(model_args, finetuning_args)
     if not (training_args.bf16 or training_args.fp16):
         logger.info("training in fp32 (pass --bf16 or --fp16 on a GPU for speed)")
@@ -414,6 +416,7 @@ def parse_train_args(argv=None):
     return model_args, data_args, training_args, finetuning_args, generating_args
 
 
+@_refusal_forgets_deepspeed
 def parse_infer_args(argv=None):
     """Parse and check inference arguments.
 

@@ -81,19 +81,19 @@ def test_fine_tuned_rows_only(tiny_model_dir, tmp_path):
 
 def test_budget_leaves_out_the_first_steps_one_time_costs():
     # 2 steps in 12 s (10 s of it the first), 6 steps in 20 s: 2 s per step, 30 steps in one minute
-    assert steps_for_budget(1, {"train_runtime": 12.0}, {"train_runtime": 20.0}, 4) == 30
+    assert steps_for_budget(1, {"train_runtime": 12.0}, {"train_runtime": 20.0}) == 30
     # noisy timings: the long run's mean (3 s per step)
-    assert steps_for_budget(1, {"train_runtime": 20.0}, {"train_runtime": 18.0}, 4) == 20
-    assert steps_for_budget(0.001, {"train_runtime": 12.0}, {"train_runtime": 20.0}, 4) == 1
+    assert steps_for_budget(1, {"train_runtime": 20.0}, {"train_runtime": 18.0}) == 20
+    assert steps_for_budget(0.001, {"train_runtime": 12.0}, {"train_runtime": 20.0}) == 1
 
 
 def test_budget_scales_the_timed_batches_to_the_mean_batch():
     short = {"train_runtime": 12.0, "num_input_tokens_seen": 1000}
-    # steps 3-6: 8 s for 800 tokens (short texts); the training set's mean batch is 4 x 400 = 1600 tokens,
-    # i.e. 16 s per step: 3 steps in a minute, not the 30 of the timed steps' pace
-    long = {"train_runtime": 20.0, "num_input_tokens_seen": 1800, "train_tokens": 40_000, "train_samples": 100}
-    assert steps_for_budget(1, short, long, 4) == 3
-    assert steps_for_budget(1, short, long, 1) == 15  # batches of one: 400 tokens, 4 s per step
+    # steps 3-6: 8 s for 800 positions (short texts); the training set's mean batch is laid out in 1600
+    # positions, i.e. 16 s per step: 3 steps in a minute, not the 30 of the timed steps' pace
+    long = {"train_runtime": 20.0, "num_input_tokens_seen": 1800, "train_batch_tokens": 1600.0}
+    assert steps_for_budget(1, short, long) == 3
+    assert steps_for_budget(1, short, dict(long, train_batch_tokens=400.0)) == 15  # 4 s per step
 
 
 def test_budget_path(tiny_model_dir, tmp_path):
@@ -106,7 +106,7 @@ def test_budget_path(tiny_model_dir, tmp_path):
     timing = json.loads((out / "lora_timing" / "train_results.json").read_text(encoding="utf-8"))
     records = [json.loads(line) for line in (out / "instructions" / "train.json").open(encoding="utf-8")]
     assert timing["train_samples"] == len(records)
-    assert timing["train_tokens"] > 0 and timing["num_input_tokens_seen"] > 0  # what scales the budget
+    assert timing["train_batch_tokens"] > 0 and timing["num_input_tokens_seen"] > 0  # what scales the budget
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["training"]["steps"] >= 1
 
 

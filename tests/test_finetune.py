@@ -1,4 +1,4 @@
-"""Fine-tuning on the tiny model: learning (LoRA, QLoRA, full), continuing, saved arguments, CLI checks."""
+"""Fine-tuning on the tiny model: learning (LoRA, QLoRA, full), continuing, saved arguments, shared-prefix rows, CLI."""
 import json
 import os
 import subprocess
@@ -11,6 +11,7 @@ import torch
 from instructkgc.args import FinetuningArguments, ModelArguments
 from instructkgc.loader import load_model_and_tokenizer
 from instructkgc.run_args import read_args
+from instructkgc.shared_prefix import SEGMENTS, SharedPrefixCollator, enable, shared_prefix_length
 from instructkgc.template import build_prompt_ids
 from instructkgc.train import run
 
@@ -289,3 +290,102 @@ def test_training_keeps_freed_memory_for_reuse():
     held = rss()
     del block
     assert held - rss() < 8 * 2 ** 20  # by default the whole block goes back to the system
+
+
+# Training batches with the shared prompt prefix computed once: layout, same loss and gradients as padding
+
+X = -100
+
+
+def test_the_row_holds_the_prefix_once_and_each_remainder_at_its_own_positions():
+    a = {"input_ids": [1, 2, 3, 4, 5, 6], "labels": [X, X, X, X, 5, 6]}
+    b = {"input_ids": [1, 2, 3, 9, 7], "labels": [X, X, X, X, 7]}
+    c = {"input_ids": [1, 2, 8, 9, 9, 9, 4], "labels": [X, X, X, X, X, 9, 4]}
+    batch = SharedPrefixCollator()([a, b])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 9, 7]]
+    assert batch["labels"].tolist() == [[X, X, X, X, 5, 6, X, 7]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 3, 4]]
+    assert batch[SEGMENTS] == (3, (3, 2))
+    assert SharedPrefixCollator()([a, b, c])[SEGMENTS] == (2, (4, 3, 5))
+
+
+def test_the_prefix_stops_before_the_token_that_predicts_the_first_label():
+    # identical prompts: sharing the token before the answer would predict both first labels from one position
+    same = [([1, 2, 3, 4, 5], [X, X, X, 4, 5]), ([1, 2, 3, 7], [X, X, X, 7])]
+    assert shared_prefix_length(same) == 2
+    assert shared_prefix_length([([1, 2], [X, 2])]) == 0
+    assert shared_prefix_length([([5, 2, 3], [X, X, 3]), ([6, 2, 3], [X, X, 3])]) == 0
+
+
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_loss_and_gradients_equal_those_of_the_padded_batch(tiny_model_dir, train_file, tmp_path, num_items):
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
+                              Seq2SeqTrainingArguments)
+
+    from instructkgc.args import DataArguments
+    from instructkgc.data import load_records, make_collator, preprocess_supervised
+    from instructkgc.template import get_template
+    from instructkgc.train import _trainer_class
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = preprocess_supervised(load_records(train_file), tok, DataArguments(template=TEMPLATE),
+                                 get_template(TEMPLATE).fix_tokenizer(tok))
+    features = [data[i] for i in range(6)]
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    padded = DataCollatorForSeq2Seq(tok, label_pad_token_id=X)(features)
+    collator = make_collator(tok, model, DataArguments(template=TEMPLATE))
+    assert isinstance(collator, SharedPrefixCollator)
+    shared = collator(features)
+    prefix, lengths = shared[SEGMENTS]
+    assert prefix > 10 and len(lengths) == 6  # the instruction sentence is shared
+    assert shared["input_ids"].numel() == prefix + sum(lengths) < int(padded["attention_mask"].sum())
+    trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True))
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    expected, expected_grads = loss_and_grads(lambda: model(**padded).loss if num_items is None
+                                              else model(**padded, num_items_in_batch=num_items).loss)
+    got, got_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(shared), num_items_in_batch=num_items))
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(expected_grads, got_grads))
+    # batches without segments (generation, evaluation with other collators) get plain SDPA attention
+    with torch.no_grad():
+        row = padded["input_ids"][:1, padded["attention_mask"][0].bool()]
+        logits = model(input_ids=row).logits
+        model.get_base_model().set_attn_implementation("sdpa")
+        assert torch.allclose(model(input_ids=row).logits, logits, atol=1e-5)
+
+
+def test_models_it_cannot_serve_keep_packed_rows(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from instructkgc.args import DataArguments
+    from instructkgc.data import PackingCollator, make_collator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert not enable(eager, 512)
+    assert isinstance(make_collator(tok, eager, DataArguments(template=TEMPLATE)), PackingCollator)
+    windowed = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    windowed.config.sliding_window = 64  # a window shorter than the examples may be: not one row
+    assert not enable(windowed, 512)
+    assert enable(windowed, 64)
+
+
+def test_finetune_trains_on_shared_prefix_rows_and_reports_their_size(tiny_model_dir, train_file, tmp_path):
+    out = tmp_path / "lora"
+    run(train_args(tiny_model_dir, train_file, out, "--include_num_input_tokens_seen", "true", steps=2))
+    results = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+    # a batch of 8 costs fewer positions than its 8 examples' tokens: the prefix counts once
+    assert results["train_batch_tokens"] < 8 * results["train_tokens"] / results["train_samples"]
+    assert state["num_input_tokens_seen"] < 2 * 8 * results["train_tokens"] / results["train_samples"]
+    assert (out / "adapter_model.safetensors").is_file()

@@ -251,23 +251,22 @@ def benchmark(args) -> dict:
 TIMING_STEPS = (2, 6)  # two timing runs: their difference leaves out the first step's one-time costs
 
 
-def steps_for_budget(minutes: float, short: dict, long: dict, batch_size: int) -> int:
+def steps_for_budget(minutes: float, short: dict, long: dict) -> int:
     """Training steps that fit ``minutes``, from the results of the two timing runs (``TIMING_STEPS``;
     ``train_results.json``). Their difference leaves out the first steps' one-time costs (allocation,
     warm-up: 10 s against 3.5 s per step for SmolLM2 on 2 cores). The timed batches are a few random ones and
-    a batch costs about its tokens, so their time per token is scaled to the mean batch of the whole training
-    set (``train_tokens`` / ``train_samples`` × the batch size): 4 timed steps of short texts would otherwise
-    overrun the budget by a third. The timing runs count all input tokens, row padding included (transformers'
-    parser takes only true/false for ``--include_num_input_tokens_seen``), while the set's mean batch is
-    counted without it, so the estimate leans to more steps than fit (full runs went 4% to 47% slower per step than
-    their estimate); finetune's ``--max_train_minutes`` holds the budget (training ends at the first step past
-    it, the learning rate where the schedule had it). Without token counts, the time per timed step."""
+    a batch costs about its positions, so their time per position (``num_input_tokens_seen``) is scaled to the
+    mean batch of the whole training set as the collator lays it out (``train_batch_tokens``): 4 timed steps of
+    short texts would otherwise overrun the budget by a third. The estimate can still lean to more steps than fit
+    (full runs went up to 47% slower per step than their estimate); finetune's ``--max_train_minutes`` holds the
+    budget (training ends at the first step past it, the learning rate where the schedule had it). Without
+    position counts, the time per timed step."""
     seconds = long.get("train_runtime", 0) - short.get("train_runtime", 0)
     tokens = long.get("num_input_tokens_seen", 0) - short.get("num_input_tokens_seen", 0)
     if seconds <= 0:  # timings too noisy to subtract: the long run's mean
         per_step = long.get("train_runtime", 0) / TIMING_STEPS[1]
-    elif tokens > 0 and long.get("train_tokens") and long.get("train_samples"):
-        per_step = seconds / tokens * long["train_tokens"] / long["train_samples"] * batch_size
+    elif tokens > 0 and long.get("train_batch_tokens"):
+        per_step = seconds / tokens * long["train_batch_tokens"]
     else:
         per_step = seconds / (TIMING_STEPS[1] - TIMING_STEPS[0])
     return max(1, int(minutes * 60 / max(per_step, 1e-3)))
@@ -297,7 +296,7 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
         for n in TIMING_STEPS:
             run(f"time {n} training steps (sets the steps of the budget)", command(n, out / "lora_timing"))
             timings.append(_train_stats(out / "lora_timing"))
-        steps = steps_for_budget(args.budget_minutes, *timings, args.batch_size)
+        steps = steps_for_budget(args.budget_minutes, *timings)
     seconds = run(f"LoRA fine-tuning ({steps} steps)", command(steps, lora, minutes))
     if not (lora / "adapter_config.json").is_file():
         raise StepFailed(f"{_rel(lora)}: fine-tuning left no adapter")

@@ -3,9 +3,11 @@
 * JSON arrays and JSONL are both read (streamed, ``PATH:LINE: problem`` on bad input).
 * Records whose query or output is empty/not a string are skipped, with a count warning (the original
   dropped them silently); truncated examples are counted and reported.
-* ``PackingCollator`` (the default) packs the examples of a batch into as few rows as fit, with position ids
-  restarting at every example and no attention mask, so the model attends within each example only;
-  ``--packing false`` gives the original ``DataCollatorForSeq2Seq`` with (left) padding.
+* ``--packing`` (the default) lays a batch out without padding: as one row with the prompt prefix its examples
+  share computed once (:mod:`~instructkgc.shared_prefix`) where the model's attention allows it, else
+  ``PackingCollator``'s rows, with position ids restarting at every example and no attention mask, so the model
+  attends within each example only; ``--packing false`` gives the original ``DataCollatorForSeq2Seq`` with (left)
+  padding.
 """
 from __future__ import annotations
 
@@ -147,6 +149,19 @@ class PackingCollator:
                 "position_ids": torch.tensor(positions)}
 
 
+def mean_batch_positions(dataset, collator, batch_size: int, samples: int = 64, seed: int = 0) -> float:
+    """Mean number of positions (``input_ids`` elements, padding included) of a random ``batch_size`` batch as
+    ``collator`` lays it out: what a training step costs, in the unit of the Trainer's
+    ``num_input_tokens_seen``."""
+    import random
+
+    rng = random.Random(seed)
+    size = min(batch_size, len(dataset))
+    total = sum(collator([dataset[i] for i in rng.sample(range(len(dataset)), size)])["input_ids"].numel()
+                for _ in range(samples))
+    return total / samples
+
+
 def supports_packing(model) -> bool:
     """Packed rows need transformers' own attention masking (position-id based); remote code may lack it."""
     base = model
@@ -157,11 +172,17 @@ def supports_packing(model) -> bool:
     return module.startswith("transformers.models.") and getattr(base.config, "is_encoder_decoder", False) is False
 
 
-def make_collator(tokenizer, model, data_args, training_args=None):
-    """The packing collator when the model supports it (and ``--packing`` is on), else the padded one."""
+def make_collator(tokenizer, model, data_args):
+    """With ``--packing`` (the default): shared-prefix rows where the model can take them (this switches its
+    attention to :func:`~instructkgc.shared_prefix.segment_attention`), else packed rows where the model
+    supports them; otherwise, and without ``--packing``, padded batches."""
     from transformers import DataCollatorForSeq2Seq
 
+    from . import shared_prefix
+
     if data_args.packing and supports_packing(model):
+        if shared_prefix.enable(model, data_args.cutoff_len):
+            return shared_prefix.SharedPrefixCollator()
         return PackingCollator(pad_token_id=tokenizer.pad_token_id)
     if data_args.packing:
         logger.warning("--packing: %s is not a transformers-native model; using padded batches",

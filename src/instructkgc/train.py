@@ -144,7 +144,7 @@ def run(argv=None) -> dict:
         keep_freed_memory()
     from transformers import Seq2SeqTrainer, TrainerCallback
 
-    from .data import make_collator
+    from .data import make_collator, mean_batch_positions
     from .loader import load_model_and_tokenizer
 
     checkpointing = bool(getattr(training_args, "activation_checkpointing", False)
@@ -168,8 +168,9 @@ def run(argv=None) -> dict:
             if state.is_world_process_zero:
                 write_args(Path(args.output_dir) / f"checkpoint-{state.global_step}", summary)
 
+    collator = make_collator(tokenizer, model, data_args)
     trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
-                             data_collator=make_collator(tokenizer, model, data_args, training_args),
+                             data_collator=collator,
                              processing_class=tokenizer,
                              callbacks=[SaveArgs()] + ([_time_limit(finetuning_args.max_train_minutes)]
                                                        if finetuning_args.max_train_minutes else []))
@@ -181,6 +182,8 @@ def run(argv=None) -> dict:
             tokenizer.save_pretrained(training_args.output_dir)
             write_args(training_args.output_dir, summary)
         result.metrics.update(train_samples=len(train), train_tokens=_token_count(train),
+                              train_batch_tokens=mean_batch_positions(
+                                  train, collator, training_args.per_device_train_batch_size),
                               train_steps=result.global_step)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

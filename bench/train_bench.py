@@ -1,10 +1,11 @@
-"""Training throughput: padded DataCollatorForSeq2Seq (the original) vs this project's packing collator, and
-packing with the loss from the answer positions' logits only (``instructkgc.answer_loss``, what finetune.py does).
+"""Training throughput: padded DataCollatorForSeq2Seq (the original) vs this project's packing collator, packing
+with the loss from the answer positions' logits only (``instructkgc.answer_loss``), and one row per batch with the
+examples' shared prompt prefix computed once (``instructkgc.shared_prefix``) + answer logits, what finetune.py does.
 
 Trains a model (the tiny one built on the fly, or ``--model DIR``) on instruction records (converted from the
 bundled data/*/sample.json, or ``--train_file``) for a fixed number of steps, the same batches in the same order
-each way, and prints useful (non-padding) tokens per second, the final loss of each, and the ratios. Runs
-alternate (A B C A B C) to even out machine noise.
+each way, and prints useful tokens (the examples' own tokens) per second, the final loss of each, and the ratios.
+Runs alternate (A B C D A B C D) to even out machine noise.
 Usage: python bench/train_bench.py [--steps 30] [--batch_size 8] [--template alpaca] [--model DIR --train_file F]
 """
 from __future__ import annotations
@@ -40,9 +41,10 @@ def converted_records(workdir: Path) -> list[dict]:
     return records
 
 
-def run_mode(model_dir, dataset, batches, collate, answer_only=False, lora_r=0, seed=0):
+def run_mode(model_dir, dataset, batches, collate, answer_only=False, lora_r=0, seed=0, cutoff_len=512):
     from transformers import AutoModelForCausalLM
 
+    from instructkgc import shared_prefix
     from instructkgc.answer_loss import answer_loss, answer_positions
 
     torch.manual_seed(seed)
@@ -51,6 +53,8 @@ def run_mode(model_dir, dataset, batches, collate, answer_only=False, lora_r=0, 
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear"))
+    if isinstance(collate, shared_prefix.SharedPrefixCollator) and not shared_prefix.enable(model, cutoff_len):
+        sys.exit("shared-prefix rows need a transformers model on SDPA attention")
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3 if lora_r else 3e-3)
     useful, computed, elapsed, losses = 0, 0, 0.0, []
@@ -89,6 +93,7 @@ def main(argv=None):
 
     from instructkgc.args import DataArguments
     from instructkgc.data import PackingCollator, load_records, preprocess_supervised
+    from instructkgc.shared_prefix import SharedPrefixCollator
     from instructkgc.template import get_template
     from instructkgc.tiny_model import build_tiny_model
 
@@ -113,21 +118,25 @@ def main(argv=None):
               f"{f', LoRA r={args.lora_r}' if args.lora_r else ', full training'}")
         padded = DataCollatorForSeq2Seq(tok, pad_to_multiple_of=4, label_pad_token_id=-100)
         packed = PackingCollator(pad_token_id=tok.pad_token_id)
-        modes = (("padded", padded, False), ("packed", packed, False), ("packed+answer logits", packed, True))
+        modes = (("padded", padded, False), ("packed", packed, False), ("packed+answer logits", packed, True),
+                 ("shared prefix+answer logits", SharedPrefixCollator(), True))
         results = {name: [] for name, _, _ in modes}
         for _ in range(args.repeats):
             for name, collate, answer_only in modes:
-                results[name].append(run_mode(model_dir, dataset, batches, collate, answer_only, args.lora_r))
+                results[name].append(run_mode(model_dir, dataset, batches, collate, answer_only, args.lora_r,
+                                              cutoff_len=args.cutoff_len))
         best = {name: (max(r[0] for r in runs), runs[-1][1], runs[-1][2]) for name, runs in results.items()}
         for name, (tps, loss, share) in best.items():
-            print(f"{name:21s}: {tps:9.0f} useful tokens/s, {share:6.1%} of computed positions useful, "
+            print(f"{name:28s}: {tps:9.0f} useful tokens/s, {1 / share:.2f} positions computed per example token, "
                   f"final loss {loss:.4f}")
-        for name in ("packed", "packed+answer logits"):
+        for name in ("packed", "packed+answer logits", "shared prefix+answer logits"):
             diff = abs(best[name][1] - best["padded"][1]) / best["padded"][1] * 100
             print(f"{name}: {best[name][0] / best['padded'][0]:.2f}x useful tokens/s vs padded baseline, "
                   f"final loss {diff:.2f}% from it")
         print(f"answer logits: {best['packed+answer logits'][0] / best['packed'][0]:.2f}x useful tokens/s vs "
               f"packed")
+        print(f"shared prefix: {best['shared prefix+answer logits'][0] / best['packed+answer logits'][0]:.2f}x "
+              f"useful tokens/s vs packed+answer logits")
 
 
 if __name__ == "__main__":

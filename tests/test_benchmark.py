@@ -70,11 +70,13 @@ def test_fine_tuned_rows_only(tiny_model_dir, tmp_path):
               "--skip_zero_shot"]
     res = _run([*common, "--budget_minutes", 0])
     assert res.returncode == 1 and "nothing to run" in res.stderr
-    res = _run([*common, "--max_steps", 2, "--batch_size", 2, "--bf16"])
+    res = _run([*common, "--max_steps", 2, "--batch_size", 2, "--bf16", "--lora_dropout", 0])
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert list(summary["results"]) == ["fine-tuned"] and list(summary["results"]["fine-tuned"]) == ["on"]
     assert summary["training"]["bf16"] and read_args(out / "lora")["bf16"]  # the adapter was trained in bf16
+    assert json.loads((out / "lora" / "adapter_config.json").read_text(encoding="utf-8"))["lora_dropout"] == 0
+    assert "LoRA dropout 0.0" in (out / "summary.md").read_text(encoding="utf-8")
     assert summary["training"]["epochs"] == pytest.approx(2 * 2 / summary["training"]["examples"])
     assert not (out / "zero-shot").exists()
 

@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--lora_r", type=int, default=16)
     p.add_argument("--lora_layers", type=int, help="LoRA on the last N decoder layers only (default: all)")
+    p.add_argument("--lora_dropout", type=float, default=0.1, help="dropout on the LoRA inputs (finetune's default)")
     p.add_argument("--bf16", action="store_true", help="train with bf16 autocast (faster on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--cutoff_len", type=int, default=512)
     p.add_argument("--max_new_tokens", type=int, help="default: the longest training answer in tokens + 16")
@@ -283,7 +284,8 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
                 "--per_device_train_batch_size", args.batch_size, "--max_steps", steps,
                 "--learning_rate", args.learning_rate, "--lr_scheduler_type", "cosine",
                 "--warmup_steps", max(1, steps // 20), "--cutoff_len", args.cutoff_len, "--finetuning_type", "lora",
-                "--lora_r", args.lora_r, "--lora_alpha", 2 * args.lora_r, "--lora_target_modules", "all",
+                "--lora_r", args.lora_r, "--lora_alpha", 2 * args.lora_r, "--lora_dropout", args.lora_dropout,
+                "--lora_target_modules", "all",
                 "--logging_steps", max(1, steps // 10), "--save_strategy", "no", "--report_to", "none",
                 "--seed", "42", "--include_num_input_tokens_seen", "true", *(["--bf16"] if args.bf16 else []),
                 *(["--lora_layers", args.lora_layers] if args.lora_layers else []),
@@ -305,6 +307,7 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
     trained = stats.get("train_steps", steps)
     return {"steps": trained, "planned_steps": steps, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
+            "lora_dropout": args.lora_dropout,
             "bf16": args.bf16, "minutes": seconds / 60,
             "train_loss": stats.get("train_loss"),
             "examples": examples, "epochs": trained * args.batch_size / max(examples, 1), "adapter": lora}
@@ -345,7 +348,7 @@ def render(summary: dict) -> str:
         layers = f" on the last {tr['lora_layers']} layers" if tr.get("lora_layers") else ""
         lines.append(f"- LoRA r={tr['lora_r']}{layers}{bf16}, {tr['steps']} steps{cut} × batch {tr['batch_size']} "
                      f"over {tr['examples']} training instructions ({tr['epochs']:.2f} epochs), "
-                     f"lr {tr['learning_rate']}: "
+                     f"lr {tr['learning_rate']}, LoRA dropout {tr.get('lora_dropout', 0.1)}: "
                      f"{tr['minutes']:.1f} training minutes{loss}")
     lines.append(f"- instructions/s include loading the model; total {summary['total_seconds'] / 60:.1f} min")
     return "\n".join(lines)

@@ -225,41 +225,54 @@ def test_seed_readme_command_runs_unchanged(lora_run, tiny_model_dir, train_file
     assert (out / "adapter_model.safetensors").is_file() and (out / "eval_results.json").is_file()
 
 
-@pytest.mark.parametrize("num_items", [None, 7])
-def test_training_loss_from_answer_logits_equals_the_full_loss(tiny_model_dir, train_file, tmp_path, num_items):
-    """finetune.py projects only the answer positions onto the vocabulary: same loss, same LoRA gradients as the
-    model's own loss over all positions (packed rows, and the Trainer's count over accumulated batches)."""
+def lora_training_setup(tiny_model_dir, train_file, tmp_path):
+    """Tokeniser, tokenised training set, a LoRA model with non-zero adapters (training mode) and finetune's Trainer."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     from instructkgc.args import DataArguments
-    from instructkgc.data import PackingCollator, load_records, preprocess_supervised
+    from instructkgc.data import load_records, preprocess_supervised
     from instructkgc.template import get_template
     from instructkgc.train import _trainer_class
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = preprocess_supervised(load_records(train_file), tok, DataArguments(template=TEMPLATE),
                                  get_template(TEMPLATE).fix_tokenizer(tok))
-    batch = PackingCollator(pad_token_id=tok.pad_token_id, max_row_len=300)([data[i] for i in range(6)])
-    assert batch["input_ids"].shape[0] < 6  # several examples share a row
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     model.train()
     trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=Seq2SeqTrainingArguments(
         output_dir=str(tmp_path), report_to="none", use_cpu=True))
+    return tok, data, model, trainer
 
+
+def assert_trainer_loss_matches(model, trainer, reference, batch, num_items):
+    """finetune's training loss on ``batch`` has the loss and LoRA gradients of the model's own loss on
+    ``reference`` (the same examples laid out another way)."""
     def loss_and_grads(compute):
         model.zero_grad()
         loss = compute()
         loss.backward()
         return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
-    full = (lambda: model(**batch).loss) if num_items is None else \
-        (lambda: model(**batch, num_items_in_batch=num_items).loss)
+    full = (lambda: model(**reference).loss) if num_items is None else \
+        (lambda: model(**reference, num_items_in_batch=num_items).loss)
     expected, expected_grads = loss_and_grads(full)
     got, got_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items))
     assert got == pytest.approx(expected, rel=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(expected_grads, got_grads))
+
+
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_training_loss_from_answer_logits_equals_the_full_loss(tiny_model_dir, train_file, tmp_path, num_items):
+    """finetune.py projects only the answer positions onto the vocabulary: same loss, same LoRA gradients as the
+    model's own loss over all positions (packed rows, and the Trainer's count over accumulated batches)."""
+    from instructkgc.data import PackingCollator
+
+    tok, data, model, trainer = lora_training_setup(tiny_model_dir, train_file, tmp_path)
+    batch = PackingCollator(pad_token_id=tok.pad_token_id, max_row_len=300)([data[i] for i in range(6)])
+    assert batch["input_ids"].shape[0] < 6  # several examples share a row
+    assert_trainer_loss_matches(model, trainer, batch, batch, num_items)
 
 
 def test_time_limit_ends_training_and_saves_the_last_step(tiny_model_dir, train_file, tmp_path):
@@ -319,22 +332,13 @@ def test_the_prefix_stops_before_the_token_that_predicts_the_first_label():
 
 @pytest.mark.parametrize("num_items", [None, 7])
 def test_loss_and_gradients_equal_those_of_the_padded_batch(tiny_model_dir, train_file, tmp_path, num_items):
-    from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments)
+    from transformers import DataCollatorForSeq2Seq
 
     from instructkgc.args import DataArguments
-    from instructkgc.data import load_records, make_collator, preprocess_supervised
-    from instructkgc.template import get_template
-    from instructkgc.train import _trainer_class
+    from instructkgc.data import make_collator
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    data = preprocess_supervised(load_records(train_file), tok, DataArguments(template=TEMPLATE),
-                                 get_template(TEMPLATE).fix_tokenizer(tok))
+    tok, data, model, trainer = lora_training_setup(tiny_model_dir, train_file, tmp_path)
     features = [data[i] for i in range(6)]
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
-    model.train()
     padded = DataCollatorForSeq2Seq(tok, label_pad_token_id=X)(features)
     collator = make_collator(tok, model, DataArguments(template=TEMPLATE))
     assert isinstance(collator, SharedPrefixCollator)
@@ -342,20 +346,7 @@ def test_loss_and_gradients_equal_those_of_the_padded_batch(tiny_model_dir, trai
     prefix, lengths = shared[SEGMENTS]
     assert prefix > 10 and len(lengths) == 6  # the instruction sentence is shared
     assert shared["input_ids"].numel() == prefix + sum(lengths) < int(padded["attention_mask"].sum())
-    trainer = _trainer_class(Seq2SeqTrainer)(model=model, args=Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path), report_to="none", use_cpu=True))
-
-    def loss_and_grads(compute):
-        model.zero_grad()
-        loss = compute()
-        loss.backward()
-        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-    expected, expected_grads = loss_and_grads(lambda: model(**padded).loss if num_items is None
-                                              else model(**padded, num_items_in_batch=num_items).loss)
-    got, got_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(shared), num_items_in_batch=num_items))
-    assert got == pytest.approx(expected, rel=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(expected_grads, got_grads))
+    assert_trainer_loss_matches(model, trainer, padded, shared, num_items)
     # batches without segments (generation, evaluation with other collators) get plain SDPA attention
     with torch.no_grad():
         row = padded["input_ids"][:1, padded["attention_mask"][0].bool()]

@@ -7,14 +7,15 @@
 
 Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
 loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
-greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding with ``--constrained_decoding``).
-For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of the model's decoder layers: 2 x
-their weights x token positions computed, padding included; attention and the output layer left out) as a share of
-the peak of a large matmul in the run's dtype, measured in the same run. Then the share of answer tokens forced by
-the grammar and of those chosen from the logits of the allowed tokens only, the time spent choosing tokens (grammar
-masks, closing policy, the output layer's rows for them) in the new loop; the rate of the decoder's matrix products
-run alone at the new engine's mean positions per pass (what these cores give products of that size)
-and the share of its time they would take at that rate; whether the answers are identical, the load average,
+greedy loop (continuous batching, shared-prefix reuse, lookup drafts, jump-forward decoding with
+``--constrained_decoding``). For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of
+the model's decoder layers: 2 x their weights x token positions computed, padding included; attention and the
+output layer left out) as a share of the peak of a large matmul in the run's dtype, measured in the same run. Then,
+for the new loop: the shares of answer tokens forced by the grammar and kept from lookup drafts (and how many
+drafted tokens were kept), of those chosen from the logits of the allowed tokens only, the time spent choosing
+tokens (grammar masks, closing policy, the output layer's rows for them); the rate of the decoder's matrix products
+run alone at the new engine's mean positions per pass (what these cores give products of that size) and the share
+of its time they would take at that rate; whether the answers are identical, the load average,
 and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
@@ -198,7 +199,8 @@ def main(argv=None) -> None:
               f"  {gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak)  {parsed}/{len(gens)} parse")
     stats = new.loop.stats
     print(f"new engine: {100 * stats.forced_share:.1f}% of {stats.new_tokens} answer tokens forced by the grammar "
-          f"(jump-forward), {100 * stats.narrow_tokens / max(stats.new_tokens, 1):.1f}% chosen from the logits of "
+          f"(jump-forward), {100 * stats.lookup_share:.1f}% from lookup drafts ({stats.lookup_tokens} of "
+          f"{stats.drafted_tokens} proposed kept), {100 * stats.narrow_tokens / max(stats.new_tokens, 1):.1f}% chosen from the logits of "
           f"the allowed tokens only, {stats.decode_passes} decoding passes, {stats.reused_tokens} of "
           f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
           f"tokens (grammar, closing policy, allowed tokens' logits) "

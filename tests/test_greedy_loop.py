@@ -1,5 +1,6 @@
-"""The HF engine's greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding) gives exactly
-the one-prompt-at-a-time ``generate`` answers, with and without constrained decoding, on both tiny models."""
+"""The HF engine's greedy loop (continuous batching, shared-prefix reuse, jump-forward decoding, lookup drafts)
+gives exactly the one-prompt-at-a-time ``generate`` answers, with and without constrained decoding, on both tiny
+models."""
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instructkgc.infer import SamplingSettings
-from instructkgc.infer.greedy import prefix_groups
+from instructkgc.infer.greedy import LOOKUP_NGRAM, _Lookup, prefix_groups
 from instructkgc.infer.hf_engine import HFEngine
 from instructkgc.infer.records import answer_schema
 from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenizer, stop_token_ids
@@ -52,7 +53,7 @@ def ner(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_free(tiny, ner):
-    return engine(tiny, 1, 20, continuous=False).generate(ner[0])
+    return engine(tiny, 1, 40, continuous=False).generate(ner[0])
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +68,76 @@ def same(a, b):
     assert [g.finished for g in a] == [g.finished for g in b]
 
 
-@pytest.mark.parametrize("options", [{}, {"prefix_reuse": False}])
+@pytest.mark.parametrize("options", [{}, {"prefix_reuse": False}, {"lookup": False}])
 def test_free_decoding_equals_one_at_a_time(tiny, ner, single_free, options):
-    fast = engine(tiny, 3, 20, **options)
+    fast = engine(tiny, 3, 40, **options)
     same(fast.generate(ner[0]), single_free)
-    assert fast.loop is not None and fast.loop.stats.decode_passes > 0
+    stats = fast.loop.stats
+    assert fast.loop is not None and stats.decode_passes > 0
     if not options:
-        assert fast.loop.stats.reused_tokens > 0  # the shared prefix really was reused
+        assert stats.reused_tokens > 0  # the shared prefix really was reused
+    if options.get("lookup", True):
+        assert 0 < stats.lookup_tokens < stats.drafted_tokens  # drafts were proposed, some kept, some not
+        assert stats.decode_passes + len(ner[0]) < stats.new_tokens
+    else:
+        assert stats.drafted_tokens == 0
 
 
-@pytest.mark.parametrize("options", [{}, {"jump_forward": False}, {"prefix_reuse": False}])
+@pytest.mark.parametrize("options", [{}, {"jump_forward": False}, {"prefix_reuse": False}, {"lookup": False},
+                                     {"jump_forward": False, "lookup": False}])
 def test_constrained_decoding_equals_one_at_a_time(tiny, ner, single_constrained, options):
     fast = engine(tiny, 3, 40, constrained=True, **options)
     same(fast.generate(*ner), single_constrained)
     stats = fast.loop.stats
     if options.get("jump_forward", True):
         assert stats.forced_tokens > 0  # keys and separators came without a pass of their own
-        assert stats.decode_passes + len(ner[0]) < stats.new_tokens
     else:
         assert stats.forced_tokens == 0
+    if options.get("jump_forward", True):
+        assert stats.decode_passes + len(ner[0]) < stats.new_tokens
+    if not options.get("lookup", True):
+        assert stats.drafted_tokens == stats.lookup_tokens == 0
     assert 0 < stats.narrow_tokens < stats.new_tokens  # separators from few logits, free strings from whole rows
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_drafts_partly_wrong_give_the_greedy_answers(tiny, ner, single_free, single_constrained, monkeypatch,
+                                                     constrained):
+    """Lookup drafts that are right for two tokens and then wrong (the random tiny models seldom repeat
+    themselves, so the drafts here come from the answers themselves): the right tokens are kept, the wrong one
+    is replaced by the greedy token and the rest dropped from the cache, and the answers stay one-at-a-time's."""
+    from instructkgc.infer import greedy
+    from instructkgc.infer.constrained import RowGrammar
+
+    prompts, schemas = ner[0], ner[1] if constrained else [None] * len(ner[0])
+    budget = 40
+    base = engine(tiny, 3, budget, constrained=constrained, lookup=False)
+
+    def grammars():
+        return [RowGrammar(base.grammars, base.grammars.matcher(s), budget) if s else None for s in schemas]
+
+    answers = {}
+    base.loop.run(prompts, grammars(), lambda i, tokens: answers.__setitem__(tuple(prompts[i]), tokens))
+    vocab = tiny[0].get_output_embeddings().weight.shape[0]
+
+    class Drafts:  # stands in for the lookup: the true continuation, its third token wrong
+        def __init__(self, prompt):
+            self.answer = answers[tuple(prompt)]
+
+        def draft(self, answer, pending, limit):
+            start = len(answer) + len(pending)
+            draft = list(self.answer[start:start + limit])
+            if len(draft) > 2:
+                draft[2] = (draft[2] + 1) % vocab
+            return draft
+
+    monkeypatch.setattr(greedy, "_Lookup", Drafts)
+    fast = engine(tiny, 3, budget, constrained=constrained)
+    same(fast.generate(prompts, schemas if constrained else None),
+         single_constrained if constrained else single_free)
+    stats = fast.loop.stats
+    assert stats.lookup_tokens > 0 and stats.drafted_tokens > stats.lookup_tokens
+    assert stats.decode_passes < base.loop.stats.decode_passes
 
 
 def test_wrapped_output_layer_gets_whole_logits(tiny, ner, single_constrained):
@@ -109,6 +160,19 @@ def test_mixed_rows_and_tight_budget(tiny, ner):
     prompts, schemas = ner[0][:4], [s if k % 2 else None for k, s in enumerate(ner[1][:4])]
     single = engine(tiny, 1, 24, constrained=True, continuous=False).generate(prompts, schemas)
     same(engine(tiny, 3, 24, constrained=True).generate(prompts, schemas), single)
+
+
+def test_lookup_drafts():
+    """A draft is what followed the latest earlier occurrence of the last n-gram of prompt + answer + forced
+    tokens; the n-gram that ends the sequence itself does not count."""
+    assert LOOKUP_NGRAM == 3
+    prompt = [5, 1, 2, 3, 4, 9, 1, 2, 3, 7, 8]
+    lookup = _Lookup(prompt)
+    assert lookup.draft([], [], 4) == []  # (3, 7, 8) occurred nowhere before
+    assert lookup.draft([1, 2], [3], 4) == [7, 8, 1, 2]  # latest (1, 2, 3): the one followed by 7
+    assert lookup.draft([1, 2, 3], [], 2) == [7, 8]  # (1, 2, 3) ending the sequence is not its own match
+    assert lookup.draft([1, 2, 3, 6], [], 4) == []
+    assert lookup.draft([1, 2, 3, 6, 1, 2], [3], 4) == [6, 1, 2]  # the answer's own (1, 2, 3), followed by 6
 
 
 def test_prefix_groups():

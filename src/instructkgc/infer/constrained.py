@@ -251,6 +251,17 @@ class RowGrammar:
         tokens = nonzero[bits >> 5] * 32 + (bits & 31)
         return torch.from_numpy(tokens[tokens < self.cache.vocab_size])
 
+    def accepted_prefix(self, forced: Sequence[int], tokens: Sequence[int]) -> int:
+        """How many of ``tokens`` the grammar accepts in a row after ``forced`` (which it accepts), from the
+        matcher's state; the matcher itself is left as it is."""
+        fork = self.matcher.fork()
+        for token in forced:
+            fork.accept_token(token)
+        count = 0
+        while count < len(tokens) and not fork.is_terminated() and fork.accept_token(tokens[count]):
+            count += 1
+        return count
+
     def forced_tokens(self, limit: int) -> list[int]:
         """Tokens spelling the text the grammar forces next (xgrammar's jump-forward string), at most
         ``limit``; ``[]`` when the next character is open. The tokenizer's own encoding is proposed when it

@@ -15,8 +15,9 @@ class HFEngine(Engine):
     """Generate with a loaded ``model`` / ``tokenizer``.
 
     Greedy decoding (the default) runs :class:`~instructkgc.infer.greedy.GreedyLoop` with ``batch_size`` rows:
-    continuous batching, shared-prefix reuse and (with ``constrained``) jump-forward decoding, each of which
-    ``continuous`` / ``prefix_reuse`` / ``jump_forward`` can turn off. Answers are the plain greedy answers.
+    continuous batching, shared-prefix reuse, (with ``constrained``) jump-forward decoding and lookup drafts, each
+    of which ``continuous`` / ``prefix_reuse`` / ``jump_forward`` / ``lookup`` can turn off. Answers are the plain
+    greedy answers.
 
     Otherwise (or with ``continuous=False``) prompts are sorted by length (longest first, so memory problems show
     up at once) and cut into batches of ``batch_size`` for ``generate``; each batch is left-padded, with the
@@ -27,7 +28,7 @@ class HFEngine(Engine):
 
     def __init__(self, model, tokenizer, stop_token_ids: Sequence[int], settings: SamplingSettings,
                  batch_size: int = 16, constrained: bool = False, continuous: bool = True,
-                 prefix_reuse: bool = True, jump_forward: bool = True):
+                 prefix_reuse: bool = True, jump_forward: bool = True, lookup: bool = True):
         if batch_size < 1:
             raise UsageError("--batch_size must be at least 1")
         self.model = model
@@ -53,7 +54,7 @@ class HFEngine(Engine):
             from .greedy import GreedyLoop
 
             self.loop = GreedyLoop(_forward_model(model), self.stop_token_ids, settings.max_new_tokens, batch_size,
-                                   prefix_reuse=prefix_reuse, jump_forward=jump_forward)
+                                   prefix_reuse=prefix_reuse, jump_forward=jump_forward, lookup=lookup)
 
     def _plain_greedy(self) -> bool:
         """Whether answers are plain greedy ones from a model the greedy loop can drive."""

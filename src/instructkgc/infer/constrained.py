@@ -25,6 +25,7 @@ from ..utils import UsageError
 from .grammar import JSON_GRAMMAR_OPTIONS, SPAN_TEXT, answer_grammar
 
 EXTRA = "pip install 'instructkgc[constrained]'"
+MAX_NESTING = 6  # closing brackets tried after a quote (EE answers close up to 5 in a row)
 _CLOSERS = (b"]", b"}", b"[", b'"', b"{", b"0", b"null")  # tried in this order outside strings
 _CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuation bytes
 # last resort inside a string that cannot end here (a span of the input text just opened or in mid-word): any
@@ -36,13 +37,14 @@ def _after_string(matcher) -> bool:
     """Whether ``matcher`` (just past a quote) is outside a string: the quote closed one, it did not open one.
 
     Inside a free string any character may follow; after a closing quote only structure may: the end, ``, "``
-    (a raw quote is never string content), a key's ``: "`` / ``: [`` / ``: {``, or a closing bracket followed by
-    structure. (A span of the input text may start with a comma, a colon or a bracket: those alone decide
-    nothing.)
+    (a raw quote is never string content), a key's ``: "`` / ``: [`` / ``: {``, or closing brackets followed by
+    structure, as deep as the tasks' answers nest (an argument's list in its event's object in the event list
+    in the answer: ``"]}}]}``). (A span of the input text may start with a comma, a colon or a bracket: those
+    alone decide nothing.)
     """
     if matcher.fork().accept_string(b"a"):
         return False
-    return _structure_follows(matcher, 2)
+    return _structure_follows(matcher, MAX_NESTING)
 
 
 def _structure_follows(matcher, depth: int) -> bool:

@@ -200,7 +200,8 @@ def main(argv=None) -> None:
     stats = new.loop.stats
     print(f"new engine: {100 * stats.forced_share:.1f}% of {stats.new_tokens} answer tokens forced by the grammar "
           f"(jump-forward), {100 * stats.lookup_share:.1f}% from lookup drafts ({stats.lookup_tokens} of "
-          f"{stats.drafted_tokens} proposed kept), {100 * stats.narrow_tokens / max(stats.new_tokens, 1):.1f}% chosen from the logits of "
+          f"{stats.drafted_tokens} proposed kept), "
+          f"{100 * stats.narrow_tokens / max(stats.new_tokens, 1):.1f}% chosen from the logits of "
           f"the allowed tokens only, {stats.decode_passes} decoding passes, {stats.reused_tokens} of "
           f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
           f"tokens (grammar, closing policy, allowed tokens' logits) "

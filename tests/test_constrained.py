@@ -88,35 +88,6 @@ def test_closing_text_from_inside_a_free_key_before_fixed_keys(tiny_model_dir):
         assert isinstance(json.loads(prefix + text.decode()), dict)
 
 
-@pytest.mark.parametrize("grounded", [False, True])
-def test_closing_text_from_every_point_of_an_event_answer(tiny_model_dir, grounded):
-    """EE nests a value four brackets deep (argument object, event, event list, answer). Just after an argument
-    value's opening quote, a second quote closes an empty string: the closing text must see that, although
-    only ``}}`` and then ``]`` or ``, {`` can follow it (a whole PHEE answer, cut at the budget inside such a
-    string, was once left unclosed)."""
-    from instructkgc.infer.constrained import GrammarCache
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
-    text = "the patient developed jaundice after 100 mg"
-    chunk = [{"event_type": "adverse event", "trigger": True, "arguments": ["drug", "dosage"]},
-             {"event_type": "other", "trigger": True, "arguments": ["effect"]}]
-    schema = get_task("EE").answer_schema(chunk)
-    if grounded:
-        from instructkgc.infer.grammar import SPAN_TEXT
-
-        schema[SPAN_TEXT] = text
-    answer = ('{"adverse event": [{"trigger": "developed", "arguments": {"drug": "NAN", "dosage": "100 mg"}}, '
-              '{"trigger": "after", "arguments": {"drug": ["jaundice"], "dosage": "100"}}], "other": []}')
-    for end in range(len(answer)):
-        m = cache.matcher(schema)
-        assert m.accept_string(answer[:end].encode())
-        closing = cache.closing_text(m, 200)
-        assert closing is not None, answer[:end]
-        assert m.accept_string(closing) and m.is_completed(), (answer[:end], closing)
-        json.loads(answer[:end] + closing.decode())
-
-
 def test_allowed_tokens_are_the_bitmask_tokens(tiny_model_dir):
     """The greedy loop chooses among ``RowGrammar.allowed_tokens``: exactly the tokens whose logits xgrammar's own
     mask leaves finite, at every step of an answer (from few allowed tokens to nearly the whole vocabulary)."""

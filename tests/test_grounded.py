@@ -197,10 +197,35 @@ def test_closing_text_from_every_point_of_a_grounded_answer(tiny_model_dir):
     cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
     text = "Abbas II ( full name : Abbas Hilmy ) , born 2009 ."
     schema = {**NER, SPAN_TEXT: text}
-    answer = '{"a": [".", "Abbas II ( full name :", ", born 2009"], "b": [")"]}'
+    assert_closes_from_every_point(cache, schema, '{"a": [".", "Abbas II ( full name :", ", born 2009"], "b": [")"]}')
+
+
+@pytest.mark.parametrize("grounded", [False, True])
+def test_closing_text_from_every_point_of_an_event_answer(tiny_model_dir, grounded):
+    """EE nests a value four brackets deep (argument object, event, event list, answer). Just after an argument
+    value's opening quote, a second quote closes an empty string: the closing text must see that, although
+    only ``}}`` and then ``]`` or ``, {`` can follow it (a whole PHEE answer, cut at the budget inside such a
+    string, was once left unclosed)."""
+    from instructkgc.infer.constrained import GrammarCache
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+    chunk = [{"event_type": "adverse event", "trigger": True, "arguments": ["drug", "dosage"]},
+             {"event_type": "other", "trigger": True, "arguments": ["effect"]}]
+    schema = get_task("EE").answer_schema(chunk)
+    if grounded:
+        schema[SPAN_TEXT] = "the patient developed jaundice after 100 mg"
+    assert_closes_from_every_point(cache, schema, (
+        '{"adverse event": [{"trigger": "developed", "arguments": {"drug": "NAN", "dosage": "100 mg"}}, '
+        '{"trigger": "after", "arguments": {"drug": ["jaundice"], "dosage": "100"}}], "other": []}'))
+
+
+def assert_closes_from_every_point(cache, schema, answer):
+    """From the grammar state after every prefix of ``answer``, the closing text completes valid JSON."""
     for end in range(len(answer)):
         m = cache.matcher(schema)
         assert m.accept_string(answer[:end].encode())
         closing = cache.closing_text(m, 200)
         assert closing is not None, answer[:end]
         assert m.accept_string(closing) and m.is_completed(), (answer[:end], closing)
+        json.loads(answer[:end] + closing.decode())

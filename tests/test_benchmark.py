@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from instructkgc.benchmark import reorder_schema, steps_for_budget, strings_in_text
+from instructkgc.benchmark import reorder_schema, steps_for_budget, steps_for_epochs, strings_in_text
 from instructkgc.run_args import read_args
 
 pytest.importorskip("xgrammar")
@@ -98,18 +98,27 @@ def test_budget_scales_the_timed_batches_to_the_mean_batch():
     assert steps_for_budget(1, short, dict(long, train_batch_tokens=400.0)) == 15  # 4 s per step
 
 
+def test_steps_for_epochs():
+    assert steps_for_epochs(4, 100, 4) == 100
+    assert steps_for_epochs(4.5, 10, 4) == 12  # 11.25 rounded up: the last pass is not cut short
+    assert steps_for_epochs(0.01, 10, 4) == 1
+
+
 def test_budget_path(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     res = _run(["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
                 "--limit", 1, "--dev_size", 2, "--max_new_tokens", 16, "--grounded", "on", "--out", out,
-                "--skip_zero_shot", "--budget_minutes", 0.02])
+                "--skip_zero_shot", "--budget_minutes", 5, "--max_epochs", 1])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "time 2 training steps" in res.stdout and "time 6 training steps" in res.stdout
     timing = json.loads((out / "lora_timing" / "train_results.json").read_text(encoding="utf-8"))
     records = [json.loads(line) for line in (out / "instructions" / "train.json").open(encoding="utf-8")]
     assert timing["train_samples"] == len(records)
     assert timing["train_batch_tokens"] > 0 and timing["num_input_tokens_seen"] > 0  # what scales the budget
-    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["training"]["steps"] >= 1
+    # 5 minutes hold far more steps than one pass: the cap sets them
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["training"]["steps"] == \
+        steps_for_epochs(1, len(records), 4)
+    assert "capped at 1 epochs" in (out / "summary.md").read_text(encoding="utf-8")
 
 
 def test_missing_dataset_file_is_one_line_and_status_2(tmp_path):

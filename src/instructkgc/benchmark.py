@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -43,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget_minutes", type=float, default=20.0,
                    help="LoRA training time (sets the steps from 2- and 6-step timing runs); 0: zero-shot only")
     p.add_argument("--max_steps", type=int, help="LoRA training steps (instead of the budget)")
+    p.add_argument("--max_epochs", type=float,
+                   help="most passes over the training instructions the budget may plan (default: no cap)")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--lora_r", type=int, default=16)
@@ -274,6 +277,11 @@ def steps_for_budget(minutes: float, short: dict, long: dict) -> int:
     return max(1, int(minutes * 60 / max(per_step, 1e-3)))
 
 
+def steps_for_epochs(epochs: float, examples: int, batch_size: int) -> int:
+    """Steps of ``batch_size`` instructions that make ``epochs`` passes over ``examples`` (at least one)."""
+    return max(1, math.ceil(epochs * examples / batch_size))
+
+
 def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out: Path) -> dict:
     """LoRA fine-tuning for ``--max_steps`` or, by default, for as many steps as fit ``--budget_minutes``
     at the speed measured by two timing runs, the budget also enforced (finetune's ``--max_train_minutes``)."""
@@ -292,7 +300,7 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
                 *(["--lora_layers", args.lora_layers] if args.lora_layers else []),
                 *(["--max_train_minutes", minutes] if minutes else [])]
 
-    steps, minutes = args.max_steps, None
+    steps, minutes, capped = args.max_steps, None, False
     if steps is None:
         minutes = args.budget_minutes
         timings = []
@@ -300,6 +308,9 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
             run(f"time {n} training steps (sets the steps of the budget)", command(n, out / "lora_timing"))
             timings.append(_train_stats(out / "lora_timing"))
         steps = steps_for_budget(args.budget_minutes, *timings)
+        if args.max_epochs:
+            cap = steps_for_epochs(args.max_epochs, _count_lines(train_file), args.batch_size)
+            capped, steps = cap < steps, min(steps, cap)
     seconds = run(f"LoRA fine-tuning ({steps} steps)", command(steps, lora, minutes))
     if not (lora / "adapter_config.json").is_file():
         raise StepFailed(f"{_rel(lora)}: fine-tuning left no adapter")
@@ -308,7 +319,7 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
     trained = stats.get("train_steps", steps)
     return {"steps": trained, "planned_steps": steps, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "lora_r": args.lora_r, "lora_layers": args.lora_layers,
-            "lora_dropout": args.lora_dropout,
+            "lora_dropout": args.lora_dropout, "max_epochs": args.max_epochs if capped else None,
             "bf16": args.bf16, "minutes": seconds / 60,
             "train_loss": stats.get("train_loss"),
             "examples": examples, "epochs": trained * args.batch_size / max(examples, 1), "adapter": lora}
@@ -346,6 +357,7 @@ def render(summary: dict) -> str:
         bf16 = ", bf16" if tr.get("bf16") else ""
         cut = f" (of {tr['planned_steps']} planned: the budget ended it)" \
             if tr.get("planned_steps", tr["steps"]) != tr["steps"] else ""
+        cut += f" (the budget's steps capped at {tr['max_epochs']:g} epochs)" if tr.get("max_epochs") else ""
         layers = f" on the last {tr['lora_layers']} layers" if tr.get("lora_layers") else ""
         lines.append(f"- LoRA r={tr['lora_r']}{layers}{bf16}, {tr['steps']} steps{cut} × batch {tr['batch_size']} "
                      f"over {tr['examples']} training instructions ({tr['epochs']:.2f} epochs), "

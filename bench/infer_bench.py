@@ -4,6 +4,7 @@
     python bench/infer_bench.py --model smollm2       # SmolLM2-135M-Instruct (make demo caches it)
     python bench/infer_bench.py --model smollm2 --constrained_decoding      # grounded, as inference runs it
     python bench/infer_bench.py --model smollm2 --constrained_decoding --grounded_decoding off
+    python bench/infer_bench.py --model smollm2 --constrained_decoding --skip_single --compile   # + torch.compile A/B
 
 Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
 loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
@@ -16,7 +17,8 @@ drafted tokens were kept), of those chosen from the logits of the allowed tokens
 tokens (grammar masks, closing policy, the output layer's rows for them); the rate of the decoder's matrix products
 run alone at the new engine's mean positions per pass (what these cores give products of that size) and the share
 of its time they would take at that rate; whether the answers are identical, the load average,
-and last:
+with ``--compile``, the new engine again with ``torch.compile`` on each decoder layer's MLP and norms, against
+itself without, alternating twice; and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
 from __future__ import annotations
@@ -134,6 +136,8 @@ def main(argv=None) -> None:
                         help="with --constrained_decoding: strings must be spans of the input (inference's default)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--skip_single", action="store_true", help="leave out the (slow) one-at-a-time run")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the new engine with torch.compile on each layer's MLP and norms")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,12 +220,46 @@ def main(argv=None) -> None:
     same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
     print("identical to " + ("one-at-a-time" if "one-at-a-time" in results else "static batches") + ": "
           + ", ".join(f"{name} {k}/{len(prompts)}" for name, k in same.items()))
+    if args.compile:
+        compile_ab(model, lambda: new.generate(prompts, schemas), [g.text for g in results["new engine"][0]])
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores: {os.cpu_count()})")
     t_new, t_static = results["new engine"][1], results["static batches"][1]
     line = f"infer: new engine {t_static / t_new:.2f}x static batches"
     if "one-at-a-time" in results:
         line += f", {results['one-at-a-time'][1] / t_new:.1f}x one-at-a-time"
     print(line + f" ({same['new engine']}/{len(prompts)} identical)")
+
+
+def compile_ab(model, generate, texts: list[str], rounds: int = 2) -> None:
+    """The same generation with each decoder layer's MLP and norms plain and ``torch.compile``-d (inductor, dynamic
+    shapes), alternating ``rounds`` times in this process: seconds of each, and whether the answers stay the same."""
+    names = ("mlp", "input_layernorm", "post_attention_layernorm")
+    layers = model.model.layers
+    plain = [[getattr(layer, n) for n in names] for layer in layers]
+    compiled = [[torch.compile(m, dynamic=True) for m in mods] for mods in plain]
+
+    def use(modules):
+        for layer, mods in zip(layers, modules):
+            for n, m in zip(names, mods):
+                setattr(layer, n, m)
+
+    use(compiled)
+    start = time.perf_counter()
+    generate()
+    print(f"torch.compile: first (compiling) run {time.perf_counter() - start:.1f}s")
+    seconds = {"plain": [], "compiled": []}
+    same = 0
+    for _ in range(rounds):
+        for name, modules in (("plain", plain), ("compiled", compiled)):
+            use(modules)
+            start = time.perf_counter()
+            gens = generate()
+            seconds[name].append(time.perf_counter() - start)
+            same = sum(g.text == t for g, t in zip(gens, texts)) if name == "compiled" else same
+    use(plain)
+    print("torch.compile A/B (new engine): " + ", ".join(
+        f"{name} {' / '.join(f'{s:.2f}s' for s in runs)}" for name, runs in seconds.items())
+        + f"; compiled answers identical {same}/{len(texts)}")
 
 
 def _parses(text: str) -> bool:

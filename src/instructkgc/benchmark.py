@@ -301,6 +301,7 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
                 *(["--max_train_minutes", minutes] if minutes else [])]
 
     steps, minutes, capped = args.max_steps, None, False
+    examples = _count_lines(train_file)
     if steps is None:
         minutes = args.budget_minutes
         timings = []
@@ -309,13 +310,12 @@ def train(run: Runner, args, common: list, finetune: Path, train_file: Path, out
             timings.append(_train_stats(out / "lora_timing"))
         steps = steps_for_budget(args.budget_minutes, *timings)
         if args.max_epochs:
-            cap = steps_for_epochs(args.max_epochs, _count_lines(train_file), args.batch_size)
+            cap = steps_for_epochs(args.max_epochs, examples, args.batch_size)
             capped, steps = cap < steps, min(steps, cap)
     seconds = run(f"LoRA fine-tuning ({steps} steps)", command(steps, lora, minutes))
     if not (lora / "adapter_config.json").is_file():
         raise StepFailed(f"{_rel(lora)}: fine-tuning left no adapter")
     stats = _train_stats(lora)
-    examples = _count_lines(train_file)
     trained = stats.get("train_steps", steps)
     return {"steps": trained, "planned_steps": steps, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "lora_r": args.lora_r, "lora_layers": args.lora_layers,

@@ -255,7 +255,8 @@ def compile_ab(model, generate, texts: list[str], rounds: int = 2) -> None:
             start = time.perf_counter()
             gens = generate()
             seconds[name].append(time.perf_counter() - start)
-            same = sum(g.text == t for g, t in zip(gens, texts)) if name == "compiled" else same
+            if name == "compiled":
+                same = sum(g.text == t for g, t in zip(gens, texts))
     use(plain)
     print("torch.compile A/B (new engine): " + ", ".join(
         f"{name} {' / '.join(f'{s:.2f}s' for s in runs)}" for name, runs in seconds.items())

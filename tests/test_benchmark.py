@@ -54,10 +54,11 @@ def test_benchmark_path_on_a_tiny_slice(tiny_model_dir, tmp_path):
                     (out / "instructions" / "test_all_orders.json").read_text(encoding="utf-8").splitlines()]
     n = summary["instructions_per_order"]
     assert len(instructions) == 3 * n and len(set(instructions)) > n
-    # the dev split is held out of the training data
-    dev = (out / "data" / "dev.json").read_text(encoding="utf-8").splitlines()
-    train = (out / "data" / "train.json").read_text(encoding="utf-8").splitlines()
-    assert len(dev) == 2 and not set(dev) & set(train)
+    # the test run trains on every text of train.json: the dev split only chooses recipes
+    sample = [json.loads(line) for line in (REPO / "data" / "RE" / "sample_en.json").open(encoding="utf-8")]
+    trained = [json.loads(line) for line in (out / "data" / "train.json").open(encoding="utf-8")]
+    assert trained == sample and summary["train_texts"] == len(sample) and summary["held_out_texts"] == 0
+    assert not (out / "data" / "dev.json").exists()
     table = (out / "summary.md").read_text(encoding="utf-8")
     assert "| zero-shot | on |" in table and "| fine-tuned | off |" in table and table in res.stdout
 
@@ -70,9 +71,14 @@ def test_fine_tuned_rows_only(tiny_model_dir, tmp_path):
               "--skip_zero_shot"]
     res = _run([*common, "--budget_minutes", 0])
     assert res.returncode == 1 and "nothing to run" in res.stderr
-    res = _run([*common, "--max_steps", 2, "--batch_size", 2, "--bf16", "--lora_dropout", 0])
+    res = _run([*common, "--max_steps", 2, "--batch_size", 2, "--bf16", "--lora_dropout", 0, "--hold_out_dev"])
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    # --hold_out_dev: the dev split stays out of a test run's training too
+    dev = (out / "data" / "dev.json").read_text(encoding="utf-8").splitlines()
+    train = (out / "data" / "train.json").read_text(encoding="utf-8").splitlines()
+    assert len(dev) == summary["held_out_texts"] == 2 and not set(dev) & set(train)
+    assert "the 2 dev texts held out" in (out / "summary.md").read_text(encoding="utf-8")
     assert list(summary["results"]) == ["fine-tuned"] and list(summary["results"]["fine-tuned"]) == ["on"]
     assert summary["training"]["bf16"] and read_args(out / "lora")["bf16"]  # the adapter was trained in bf16
     assert json.loads((out / "lora" / "adapter_config.json").read_text(encoding="utf-8"))["lora_dropout"] == 0
@@ -108,8 +114,12 @@ def test_budget_path(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     res = _run(["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
                 "--limit", 1, "--dev_size", 2, "--max_new_tokens", 16, "--grounded", "on", "--out", out,
-                "--skip_zero_shot", "--budget_minutes", 5, "--max_epochs", 1])
+                "--skip_zero_shot", "--budget_minutes", 5, "--max_epochs", 1, "--eval_split", "dev"])
     assert res.returncode == 0, res.stderr[-3000:]
+    dev = (out / "data" / "dev.json").read_text(encoding="utf-8").splitlines()
+    train = (out / "data" / "train.json").read_text(encoding="utf-8").splitlines()
+    assert len(dev) == 2 and not set(dev) & set(train)  # the dev split is evaluated, never trained on
+    assert (out / "data" / "eval.json").read_text(encoding="utf-8").splitlines() == dev[:1]  # --limit 1
     assert "time 2 training steps" in res.stdout and "time 6 training steps" in res.stdout
     timing = json.loads((out / "lora_timing" / "train_results.json").read_text(encoding="utf-8"))
     records = [json.loads(line) for line in (out / "instructions" / "train.json").open(encoding="utf-8")]

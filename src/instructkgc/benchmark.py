@@ -8,7 +8,8 @@ fine-tuned model, grounding on and off → ``eval_func`` per schema order. One t
 failures, the share of predicted strings found in the text, instructions/s and training minutes.
 
 Choices (recipe, steps) are made on ``--eval_split dev`` (held out of ``train.json``, never trained on);
-``--eval_split test`` (the default) reports the test set once per setting.
+``--eval_split test`` (the default) reports the test set once per setting, trained on all of ``train.json``
+(the dev split chose a recipe, not a model; ``--hold_out_dev`` leaves it out of training here too).
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="evaluate on the first N texts of the evaluation split")
     p.add_argument("--eval_split", default="test", choices=("test", "dev"))
     p.add_argument("--dev_size", type=int, default=50, help="texts of train.json held out as the dev split")
+    p.add_argument("--hold_out_dev", action="store_true",
+                   help="with --eval_split test, leave the dev split out of training as well (default: train on "
+                        "all of train.json; with --eval_split dev it is always left out)")
     p.add_argument("--split_num", type=int, help="most schema items per instruction (default: convert_func's)")
     p.add_argument("--neg_schema", type=float, default=1.0, help="convert_func --neg_schema of the training set")
     p.add_argument("--budget_minutes", type=float, default=20.0,
@@ -165,12 +169,17 @@ def benchmark(args) -> dict:
     if not grounding or any(g not in ("on", "off") for g in grounding):
         raise StepFailed(f"--grounded {args.grounded}: choose from on,off")
 
-    # the dev split: a seeded sample of train.json, never trained on
+    # the dev split: a seeded sample of train.json, never trained on when it is evaluated (or --hold_out_dev)
     order = list(range(len(train_raw)))
     random.Random(0).shuffle(order)
     dev_ids = set(order[:min(args.dev_size, len(train_raw) // 5)])
-    _write_jsonl(data / "train.json", (r for i, r in enumerate(train_raw) if i not in dev_ids))
-    _write_jsonl(data / "dev.json", (r for i, r in enumerate(train_raw) if i in dev_ids))
+    held_out = dev_ids if args.eval_split == "dev" or args.hold_out_dev else set()
+    trained_on = [r for i, r in enumerate(train_raw) if i not in held_out]
+    _write_jsonl(data / "train.json", trained_on)
+    if held_out:
+        _write_jsonl(data / "dev.json", (r for i, r in enumerate(train_raw) if i in held_out))
+    elif (data / "dev.json").exists():
+        (data / "dev.json").unlink()  # an earlier run's split, not held out this time
     evaluated = test_raw if args.eval_split == "test" else [r for i, r in enumerate(train_raw) if i in dev_ids]
     evaluated = evaluated[:args.limit] if args.limit else evaluated
     _write_jsonl(data / "eval.json", evaluated)
@@ -245,7 +254,8 @@ def benchmark(args) -> dict:
         results["fine-tuned"] = {g: predict_and_score("fine-tuned", g, training["adapter"]) for g in grounding}
         training["adapter"] = _rel(training["adapter"])
     summary = {"dataset": _rel(dataset), "task": args.task, "model": _rel(model), "eval_split": args.eval_split,
-               "texts": len(evaluated), "instructions_per_order": len(records),
+               "texts": len(evaluated), "train_texts": len(trained_on), "held_out_texts": len(held_out),
+               "instructions_per_order": len(records),
                "orders": list(ORDERS), "limit": args.limit, "max_new_tokens": max_new_tokens,
                "results": results, "training": training, "total_seconds": time.perf_counter() - started,
                "out": _rel(out)}
@@ -359,8 +369,9 @@ def render(summary: dict) -> str:
             if tr.get("planned_steps", tr["steps"]) != tr["steps"] else ""
         cut += f" (the budget's steps capped at {tr['max_epochs']:g} epochs)" if tr.get("max_epochs") else ""
         layers = f" on the last {tr['lora_layers']} layers" if tr.get("lora_layers") else ""
+        held = f", the {summary['held_out_texts']} dev texts held out" if summary["held_out_texts"] else ""
         lines.append(f"- LoRA r={tr['lora_r']}{layers}{bf16}, {tr['steps']} steps{cut} × batch {tr['batch_size']} "
-                     f"over {tr['examples']} training instructions ({tr['epochs']:.2f} epochs), "
+                     f"over {tr['examples']} training instructions from {summary['train_texts']} texts{held} ({tr['epochs']:.2f} epochs), "
                      f"lr {tr['learning_rate']}, LoRA dropout {tr.get('lora_dropout', 0.1)}: "
                      f"{tr['minutes']:.1f} training minutes{loss}")
     lines.append(f"- instructions/s include loading the model; total {summary['total_seconds'] / 60:.1f} min")

@@ -371,7 +371,8 @@ def render(summary: dict) -> str:
         layers = f" on the last {tr['lora_layers']} layers" if tr.get("lora_layers") else ""
         held = f", the {summary['held_out_texts']} dev texts held out" if summary["held_out_texts"] else ""
         lines.append(f"- LoRA r={tr['lora_r']}{layers}{bf16}, {tr['steps']} steps{cut} × batch {tr['batch_size']} "
-                     f"over {tr['examples']} training instructions from {summary['train_texts']} texts{held} ({tr['epochs']:.2f} epochs), "
+                     f"over {tr['examples']} training instructions from {summary['train_texts']} texts{held} "
+                     f"({tr['epochs']:.2f} epochs), "
                      f"lr {tr['learning_rate']}, LoRA dropout {tr.get('lora_dropout', 0.1)}: "
                      f"{tr['minutes']:.1f} training minutes{loss}")
     lines.append(f"- instructions/s include loading the model; total {summary['total_seconds'] / 60:.1f} min")

@@ -34,6 +34,11 @@ def _dataset(tmp_path, task="RE"):
     return folder
 
 
+def _dev_and_train(out):
+    """The lines of the held-out dev split and of the texts trained on, as the benchmark wrote them."""
+    return [(out / "data" / name).read_text(encoding="utf-8").splitlines() for name in ("dev.json", "train.json")]
+
+
 def test_benchmark_path_on_a_tiny_slice(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     res = _run(["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
@@ -75,8 +80,7 @@ def test_fine_tuned_rows_only(tiny_model_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     # --hold_out_dev: the dev split stays out of a test run's training too
-    dev = (out / "data" / "dev.json").read_text(encoding="utf-8").splitlines()
-    train = (out / "data" / "train.json").read_text(encoding="utf-8").splitlines()
+    dev, train = _dev_and_train(out)
     assert len(dev) == summary["held_out_texts"] == 2 and not set(dev) & set(train)
     assert "the 2 dev texts held out" in (out / "summary.md").read_text(encoding="utf-8")
     assert list(summary["results"]) == ["fine-tuned"] and list(summary["results"]["fine-tuned"]) == ["on"]
@@ -116,8 +120,7 @@ def test_budget_path(tiny_model_dir, tmp_path):
                 "--limit", 1, "--dev_size", 2, "--max_new_tokens", 16, "--grounded", "on", "--out", out,
                 "--skip_zero_shot", "--budget_minutes", 5, "--max_epochs", 1, "--eval_split", "dev"])
     assert res.returncode == 0, res.stderr[-3000:]
-    dev = (out / "data" / "dev.json").read_text(encoding="utf-8").splitlines()
-    train = (out / "data" / "train.json").read_text(encoding="utf-8").splitlines()
+    dev, train = _dev_and_train(out)
     assert len(dev) == 2 and not set(dev) & set(train)  # the dev split is evaluated, never trained on
     assert (out / "data" / "eval.json").read_text(encoding="utf-8").splitlines() == dev[:1]  # --limit 1
     assert "time 2 training steps" in res.stdout and "time 6 training steps" in res.stdout

@@ -173,14 +173,15 @@ def benchmark(args) -> dict:
     order = list(range(len(train_raw)))
     random.Random(0).shuffle(order)
     dev_ids = set(order[:min(args.dev_size, len(train_raw) // 5)])
+    dev = [r for i, r in enumerate(train_raw) if i in dev_ids]
     held_out = dev_ids if args.eval_split == "dev" or args.hold_out_dev else set()
     trained_on = [r for i, r in enumerate(train_raw) if i not in held_out]
     _write_jsonl(data / "train.json", trained_on)
     if held_out:
-        _write_jsonl(data / "dev.json", (r for i, r in enumerate(train_raw) if i in held_out))
+        _write_jsonl(data / "dev.json", dev)
     elif (data / "dev.json").exists():
         (data / "dev.json").unlink()  # an earlier run's split, not held out this time
-    evaluated = test_raw if args.eval_split == "test" else [r for i, r in enumerate(train_raw) if i in dev_ids]
+    evaluated = test_raw if args.eval_split == "test" else dev
     evaluated = evaluated[:args.limit] if args.limit else evaluated
     _write_jsonl(data / "eval.json", evaluated)
 

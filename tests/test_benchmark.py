@@ -117,11 +117,13 @@ def test_steps_for_epochs():
 def test_budget_path(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     res = _run(["--dataset", _dataset(tmp_path), "--task", "RE", "--model", tiny_model_dir, "--template", "alpaca",
-                "--limit", 1, "--dev_size", 2, "--max_new_tokens", 16, "--grounded", "on", "--out", out,
+                "--limit", 1, "--dev_size", 9, "--max_new_tokens", 16, "--grounded", "on", "--out", out,
                 "--skip_zero_shot", "--budget_minutes", 5, "--max_epochs", 1, "--eval_split", "dev"])
     assert res.returncode == 0, res.stderr[-3000:]
     dev, train = _dev_and_train(out)
-    assert len(dev) == 2 and not set(dev) & set(train)  # the dev split is evaluated, never trained on
+    # a --dev_size given is kept past the default's fifth of the 12 texts, up to half of them
+    assert len(dev) == 6 and len(train) == 6
+    assert not set(dev) & set(train)  # the dev split is evaluated, never trained on
     assert (out / "data" / "eval.json").read_text(encoding="utf-8").splitlines() == dev[:1]  # --limit 1
     assert "time 2 training steps" in res.stdout and "time 6 training steps" in res.stdout
     timing = json.loads((out / "lora_timing" / "train_results.json").read_text(encoding="utf-8"))

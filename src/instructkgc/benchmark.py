@@ -27,6 +27,7 @@ from .demo import REPO, Runner, StepFailed, _count_lines, _model_name, _rel, _sc
 
 TASKS = ("NER", "RE", "EE")
 ORDERS = (1, 2, 3)  # seeds of the evaluated schema orders
+DEV_SIZE = 50  # texts of train.json in the default dev split (at most a fifth of them)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,8 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="evaluate on the first N texts of the evaluation split")
     p.add_argument("--eval_split", default="test", choices=("test", "dev"))
     p.add_argument("--dev_size", type=int,
-                   help="texts of train.json held out as the dev split (default: 50, at most a fifth of train.json; "
-                        "a size given is kept, up to half of it)")
+                   help=f"texts of train.json held out as the dev split (default: {DEV_SIZE}, at most a fifth of "
+                        "train.json; a size given is kept, up to half of it)")
     p.add_argument("--hold_out_dev", action="store_true",
                    help="with --eval_split test, leave the dev split out of training as well (default: train on "
                         "all of train.json; with --eval_split dev it is always left out)")
@@ -174,7 +175,7 @@ def benchmark(args) -> dict:
     # the dev split: a seeded sample of train.json, never trained on when it is evaluated (or --hold_out_dev)
     order = list(range(len(train_raw)))
     random.Random(0).shuffle(order)
-    dev_size = min(50, len(train_raw) // 5) if args.dev_size is None else min(args.dev_size, len(train_raw) // 2)
+    dev_size = min(DEV_SIZE, len(train_raw) // 5) if args.dev_size is None else min(args.dev_size, len(train_raw) // 2)
     dev_ids = set(order[:dev_size])
     dev = [r for i, r in enumerate(train_raw) if i in dev_ids]
     held_out = dev_ids if args.eval_split == "dev" or args.hold_out_dev else set()

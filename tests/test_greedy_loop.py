@@ -99,6 +99,21 @@ def test_constrained_decoding_equals_one_at_a_time(tiny, ner, single_constrained
     assert 0 < stats.narrow_tokens < stats.new_tokens  # separators from few logits, free strings from whole rows
 
 
+@pytest.mark.parametrize("group_rows", [1, 2])
+def test_attention_groups_equal_one_at_a_time(tiny, ner, single_free, single_constrained, monkeypatch, group_rows):
+    """Answers split into attention groups (each group's tokens attend over its own columns and a copy of the
+    shared prefixes', in one SDPA call per group; rows join the emptiest group as others end) still give the
+    one-at-a-time answers, free and constrained (drafts rejected in part, several prompt prefixes)."""
+    from instructkgc.infer import greedy
+
+    monkeypatch.setattr(greedy, "GROUP_ROWS", group_rows)
+    free = engine(tiny, 3, 40)
+    assert free.loop._groups == -(-3 // group_rows) > 1
+    same(free.generate(ner[0]), single_free)
+    assert 0 < free.loop.stats.lookup_tokens < free.loop.stats.drafted_tokens
+    same(engine(tiny, 3, 40, constrained=True).generate(*ner), single_constrained)
+
+
 @pytest.mark.parametrize("constrained", [False, True])
 def test_drafts_partly_wrong_give_the_greedy_answers(tiny, ner, single_free, single_constrained, monkeypatch,
                                                      constrained):
@@ -192,10 +207,14 @@ def test_sampling_still_uses_generate(tiny):
     assert eng.loop is None
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_sliding_window_layers_equal_one_at_a_time(tiny_qwen_dir, tmp_path, attention):
+@pytest.mark.parametrize("attention,group_rows", [("sdpa", 4), ("sdpa", 1), ("eager", 4)])
+def test_sliding_window_layers_equal_one_at_a_time(tiny_qwen_dir, tmp_path, monkeypatch, attention, group_rows):
     """A model whose second layer sees only the last 16 positions (prompts are longer): the packed mask applies
-    the window like the model's own mask does, as a boolean (SDPA) or additive (eager attention) mask."""
+    the window like the model's own mask does, under SDPA (in one attention group or one per answer) and under
+    eager attention (an additive mask)."""
+    from instructkgc.infer import greedy
+
+    monkeypatch.setattr(greedy, "GROUP_ROWS", group_rows)
     tok = AutoTokenizer.from_pretrained(tiny_qwen_dir)
     template = get_template_and_fix_tokenizer("qwen", tok)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32, use_sliding_window=True,

@@ -5,20 +5,25 @@
     python bench/infer_bench.py --model smollm2 --constrained_decoding      # grounded, as inference runs it
     python bench/infer_bench.py --model smollm2 --constrained_decoding --grounded_decoding off
     python bench/infer_bench.py --model smollm2 --constrained_decoding --skip_single --compile   # + torch.compile A/B
+    python bench/infer_bench.py --model smollm2 --constrained_decoding --skip_single --one_group \
+        --dataset ../shared/benchmarks/crossner_politics --records 48    # real texts; attention groups A/B
 
 Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
 loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
 greedy loop (continuous batching, shared-prefix reuse, lookup drafts, jump-forward decoding with
 ``--constrained_decoding``). For each: seconds, records/s, new tokens/s, and achieved GFLOP/s (matrix products of
 the model's decoder layers: 2 x their weights x token positions computed, padding included; attention and the
-output layer left out) as a share of the peak of a large matmul in the run's dtype, measured in the same run. Then,
+output layer left out) as a share of the peak of a large matmul in the run's dtype, measured in the same run. The
+records are the repository's sample records of ``--task``, repeated, or with ``--dataset`` the first ``--records``
+texts of a benchmark folder's ``test.json`` (converted with its ``schema.json``). Then,
 for the new loop: the shares of answer tokens forced by the grammar and kept from lookup drafts (and how many
 drafted tokens were kept), of those chosen from the logits of the allowed tokens only, the time spent choosing
 tokens (grammar masks, closing policy, the output layer's rows for them); the rate of the decoder's matrix products
 run alone at the new engine's mean positions per pass (what these cores give products of that size) and the share
 of its time they would take at that rate; whether the answers are identical, the load average,
 with ``--compile``, the new engine again with ``torch.compile`` on each decoder layer's MLP and norms, against
-itself without, alternating twice; and last:
+itself without, and with ``--one_group``, against the same engine with all answers in one attention group (the
+packed attention before groups), alternating twice; and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from instructkgc.infer import SamplingSettings
+from instructkgc.infer import SamplingSettings, greedy
 from instructkgc.infer.greedy import GreedyLoop
 from instructkgc.infer.hf_engine import HFEngine
 from instructkgc.infer.records import answer_schema
@@ -44,13 +49,20 @@ from instructkgc.template import build_prompt_ids, get_template_and_fix_tokenize
 REPO = Path(__file__).resolve().parents[1]
 
 
-def records(task: str, language: str, n: int) -> list[dict]:
+def records(task: str, language: str, n: int, dataset: Path | None = None) -> list[dict]:
+    """``n`` converted test records: of the repository's samples of ``task`` (repeated), or of the first texts of
+    ``dataset``'s ``test.json`` (a benchmark folder, converted with its ``schema.json``)."""
     suffix = "_en" if language == "en" else ""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "test.json"
-        subprocess.run([sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path",
-                        str(REPO / "data" / task / f"sample{suffix}.json"), "--tgt_path", str(out), "--schema_path",
-                        str(REPO / "data" / task / f"schema{suffix}.json"), "--task", task, "--split", "test",
+        if dataset is None:
+            source, schema = REPO / "data" / task / f"sample{suffix}.json", REPO / "data" / task / f"schema{suffix}.json"
+        else:
+            source, schema = Path(tmp) / "source.json", dataset / "schema.json"
+            with open(dataset / "test.json", encoding="utf-8") as f:
+                source.write_text("".join(line for _, line in zip(range(n), f)), encoding="utf-8")
+        subprocess.run([sys.executable, str(REPO / "ie2instruction/convert_func.py"), "--src_path", str(source),
+                        "--tgt_path", str(out), "--schema_path", str(schema), "--task", task, "--split", "test",
                         "--split_num", "4", "--language", language], check=True, capture_output=True)
         recs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     return (recs * (n // len(recs) + 1))[:n]
@@ -129,6 +141,8 @@ def main(argv=None) -> None:
     parser.add_argument("--task", default="NER")
     parser.add_argument("--language", default=None, help="zh (tiny) / en (others)")
     parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--dataset", type=Path,
+                        help="benchmark folder (test.json, schema.json): its first --records texts instead of the samples")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--constrained_decoding", action="store_true", help="all three runs JSON-constrained")
@@ -138,6 +152,8 @@ def main(argv=None) -> None:
     parser.add_argument("--skip_single", action="store_true", help="leave out the (slow) one-at-a-time run")
     parser.add_argument("--compile", action="store_true",
                         help="also time the new engine with torch.compile on each layer's MLP and norms")
+    parser.add_argument("--one_group", action="store_true",
+                        help="also time the new engine with all answers in one attention group")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +163,7 @@ def main(argv=None) -> None:
         tok = AutoTokenizer.from_pretrained(path)
         template = get_template_and_fix_tokenizer(template_name, tok)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
-    recs = records(args.task, language, args.records)
+    recs = records(args.task, language, args.records, args.dataset)
     prompts = [build_prompt_ids(template, tok, r, 1024)[0] for r in recs]
     grounded = args.grounded_decoding == "on"
     schemas = [answer_schema(r, grounded=grounded) for r in recs] if args.constrained_decoding else None
@@ -220,8 +236,16 @@ def main(argv=None) -> None:
     same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
     print("identical to " + ("one-at-a-time" if "one-at-a-time" in results else "static batches") + ": "
           + ", ".join(f"{name} {k}/{len(prompts)}" for name, k in same.items()))
+    texts = [g.text for g in results["new engine"][0]]
     if args.compile:
-        compile_ab(model, lambda: new.generate(prompts, schemas), [g.text for g in results["new engine"][0]])
+        compile_ab(model, lambda: new.generate(prompts, schemas), texts)
+    if args.one_group:
+        group_rows, greedy.GROUP_ROWS = greedy.GROUP_ROWS, args.batch_size
+        one = engine(batch_size=args.batch_size)
+        greedy.GROUP_ROWS = group_rows
+        alternate("attention groups A/B (new engine)", {
+            f"groups of {group_rows}": lambda: new.generate(prompts, schemas),
+            "one group": lambda: one.generate(prompts, schemas)}, texts)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores: {os.cpu_count()})")
     t_new, t_static = results["new engine"][1], results["static batches"][1]
     line = f"infer: new engine {t_static / t_new:.2f}x static batches"
@@ -230,9 +254,9 @@ def main(argv=None) -> None:
     print(line + f" ({same['new engine']}/{len(prompts)} identical)")
 
 
-def compile_ab(model, generate, texts: list[str], rounds: int = 2) -> None:
+def compile_ab(model, generate, texts: list[str]) -> None:
     """The same generation with each decoder layer's MLP and norms plain and ``torch.compile``-d (inductor, dynamic
-    shapes), alternating ``rounds`` times in this process: seconds of each, and whether the answers stay the same."""
+    shapes), alternating (:func:`alternate`) after a compiling run."""
     names = ("mlp", "input_layernorm", "post_attention_layernorm")
     layers = model.model.layers
     plain = [[getattr(layer, n) for n in names] for layer in layers]
@@ -243,24 +267,34 @@ def compile_ab(model, generate, texts: list[str], rounds: int = 2) -> None:
             for n, m in zip(names, mods):
                 setattr(layer, n, m)
 
+    def with_modules(modules):
+        def run():
+            use(modules)
+            return generate()
+        return run
+
     use(compiled)
     start = time.perf_counter()
     generate()
     print(f"torch.compile: first (compiling) run {time.perf_counter() - start:.1f}s")
-    seconds = {"plain": [], "compiled": []}
-    same = 0
+    alternate("torch.compile A/B (new engine)", {"plain": with_modules(plain), "compiled": with_modules(compiled)},
+              texts)
+    use(plain)
+
+
+def alternate(title: str, variants: dict, texts: list[str], rounds: int = 2) -> None:
+    """Time each of ``variants`` (name: a generation) in turn, ``rounds`` times in this process; print the seconds
+    of each and how many answers of each are ``texts``."""
+    seconds = {name: [] for name in variants}
+    same = {}
     for _ in range(rounds):
-        for name, modules in (("plain", plain), ("compiled", compiled)):
-            use(modules)
+        for name, generate in variants.items():
             start = time.perf_counter()
             gens = generate()
             seconds[name].append(time.perf_counter() - start)
-            if name == "compiled":
-                same = sum(g.text == t for g, t in zip(gens, texts))
-    use(plain)
-    print("torch.compile A/B (new engine): " + ", ".join(
-        f"{name} {' / '.join(f'{s:.2f}s' for s in runs)}" for name, runs in seconds.items())
-        + f"; compiled answers identical {same}/{len(texts)}")
+            same[name] = sum(g.text == t for g, t in zip(gens, texts))
+    print(f"{title}: " + ", ".join(f"{name} {' / '.join(f'{s:.2f}s' for s in runs)}" for name, runs in seconds.items())
+          + "; answers identical " + ", ".join(f"{name} {same[name]}/{len(texts)}" for name in variants))
 
 
 def _parses(text: str) -> bool:

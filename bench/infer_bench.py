@@ -5,8 +5,8 @@
     python bench/infer_bench.py --model smollm2 --constrained_decoding      # grounded, as inference runs it
     python bench/infer_bench.py --model smollm2 --constrained_decoding --grounded_decoding off
     python bench/infer_bench.py --model smollm2 --constrained_decoding --skip_single --compile   # + torch.compile A/B
-    python bench/infer_bench.py --model smollm2 --constrained_decoding --skip_single --one_group \
-        --dataset ../shared/benchmarks/crossner_politics --records 48    # real texts; attention groups A/B
+    python bench/infer_bench.py --model smollm2 --constrained_decoding --skip_single --group_rows_ab 2,8,16 \
+        --dataset ../shared/benchmarks/crossner_politics --records 48    # real texts; attention group sizes A/B
 
 Side by side in one run, all greedy, with the same settings: ``generate`` one record at a time (the original's
 loop), ``generate`` in static length-sorted batches (the engine before continuous batching), and the engine's
@@ -22,8 +22,8 @@ tokens (grammar masks, closing policy, the output layer's rows for them); the ra
 run alone at the new engine's mean positions per pass (what these cores give products of that size) and the share
 of its time they would take at that rate; whether the answers are identical, the load average,
 with ``--compile``, the new engine again with ``torch.compile`` on each decoder layer's MLP and norms, against
-itself without, and with ``--one_group``, against the same engine with all answers in one attention group (the
-packed attention before groups), alternating twice; and last:
+itself without, and with ``--group_rows_ab``, against the same engine with other numbers of answers per attention
+group (``--batch_size`` or more: one group), alternating twice; and last:
 ``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -152,8 +153,9 @@ def main(argv=None) -> None:
     parser.add_argument("--skip_single", action="store_true", help="leave out the (slow) one-at-a-time run")
     parser.add_argument("--compile", action="store_true",
                         help="also time the new engine with torch.compile on each layer's MLP and norms")
-    parser.add_argument("--one_group", action="store_true",
-                        help="also time the new engine with all answers in one attention group")
+    parser.add_argument("--group_rows_ab", type=lambda text: [int(n) for n in text.split(",")], default=[],
+                        help="comma-separated answers per attention group to time the new engine with as well "
+                             f"(default {greedy.GROUP_ROWS}; --batch_size: one group)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,13 +241,14 @@ def main(argv=None) -> None:
     texts = [g.text for g in results["new engine"][0]]
     if args.compile:
         compile_ab(model, lambda: new.generate(prompts, schemas), texts)
-    if args.one_group:
-        group_rows, greedy.GROUP_ROWS = greedy.GROUP_ROWS, args.batch_size
-        one = engine(batch_size=args.batch_size)
-        greedy.GROUP_ROWS = group_rows
-        alternate("attention groups A/B (new engine)", {
-            f"groups of {group_rows}": lambda: new.generate(prompts, schemas),
-            "one group": lambda: one.generate(prompts, schemas)}, texts)
+    if args.group_rows_ab:
+        default, variants = greedy.GROUP_ROWS, {f"groups of {greedy.GROUP_ROWS}": new}
+        for rows in args.group_rows_ab:
+            greedy.GROUP_ROWS = rows
+            variants[f"groups of {rows}"] = engine(batch_size=args.batch_size)
+        greedy.GROUP_ROWS = default
+        alternate("attention group sizes A/B (new engine)",
+                  {name: partial(e.generate, prompts, schemas) for name, e in variants.items()}, texts)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores: {os.cpu_count()})")
     t_new, t_static = results["new engine"][1], results["static batches"][1]
     line = f"infer: new engine {t_static / t_new:.2f}x static batches"

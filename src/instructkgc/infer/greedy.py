@@ -477,17 +477,16 @@ class _Columns:
         owners = torch.cat([torch.full((len(s[3]),), s[0], dtype=torch.long) for s in segments])
         sees = torch.cat([torch.full((len(s[3]),), s[1], dtype=torch.long) for s in segments])
         shared = sum(len(s[3]) for s in segments if s[4] is None)
-        bounds, start = {}, 0
+        bounds, start = {}, 0  # each group's tokens: [first, end) of the pass
         for s in segments:
             if s[4] is not None:
                 bounds.setdefault(s[4], [start, start])[1] = start + len(s[3])
             start += len(s[3])
         plan = _Plan([], [], [], [])
         for g in range(len(self.owner)):
-            first, end = bounds.get(g, (start, start))
-            if g == 0:
-                first = 0  # the prefixes' tokens attend here
-                end = end if 0 in bounds else shared
+            first, end = bounds.get(g, (0, 0))
+            if g == 0:  # the prefixes' tokens attend here
+                first, end = 0, max(end, shared)
             writes = ([(0, shared)] if shared and g else []) + ([(first, end)] if first < end else [])
             new = torch.cat([torch.arange(a, b) for a, b in writes]) if writes else torch.zeros(0, dtype=torch.long)
             old = len(self.owner[g])

@@ -24,7 +24,9 @@ of its time they would take at that rate; whether the answers are identical, the
 with ``--compile``, the new engine again with ``torch.compile`` on each decoder layer's MLP and norms, against
 itself without, and with ``--group_rows_ab``, against the same engine with other numbers of answers per attention
 group (``--batch_size`` or more: one group), alternating twice; and last:
-``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``.
+``infer: new engine <X>x static batches, <Y>x one-at-a-time (<k>/<n> identical)``. ``--new_engine_dtype
+bfloat16`` runs the new engine on a bf16 copy of the model against the others in ``--dtype`` (its answers are then
+compared across precisions).
 """
 from __future__ import annotations
 
@@ -150,6 +152,9 @@ def main(argv=None) -> None:
     parser.add_argument("--grounded_decoding", choices=["on", "off"], default="on",
                         help="with --constrained_decoding: strings must be spans of the input (inference's default)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--new_engine_dtype", choices=["float32", "bfloat16"],
+                        help="the new engine's dtype when it differs from --dtype (a second copy of the model), e.g. "
+                             "bf16 against today's engines in fp32")
     parser.add_argument("--skip_single", action="store_true", help="leave out the (slow) one-at-a-time run")
     parser.add_argument("--compile", action="store_true",
                         help="also time the new engine with torch.compile on each layer's MLP and norms")
@@ -165,6 +170,9 @@ def main(argv=None) -> None:
         tok = AutoTokenizer.from_pretrained(path)
         template = get_template_and_fix_tokenizer(template_name, tok)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+        new_dtype = args.new_engine_dtype or args.dtype
+        new_model = model if new_dtype == args.dtype else AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, new_dtype)).eval()
     recs = records(args.task, language, args.records, args.dataset)
     prompts = [build_prompt_ids(template, tok, r, 1024)[0] for r in recs]
     grounded = args.grounded_decoding == "on"
@@ -173,16 +181,18 @@ def main(argv=None) -> None:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     print(f"model {args.model or 'tiny'}: {len(prompts)} {args.task} records, template {template_name}, "
           f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, constrained decoding "
-          f"{('on, grounded ' + args.grounded_decoding) if schemas else 'off'}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads")
+          f"{('on, grounded ' + args.grounded_decoding) if schemas else 'off'}, {args.dtype}"
+          f"{'' if new_model is model else f' (new engine {new_dtype})'}, {torch.get_num_threads()} threads")
     counter = FlopCounter(model)
-    peak = peak_gflops(dtype=getattr(torch, args.dtype))
-    print(f"peak: {peak:.1f} GFLOP/s ({args.dtype} 2048x2048 matmul)")
+    new_counter = counter if new_model is model else FlopCounter(new_model)
+    peaks = {dtype: peak_gflops(dtype=getattr(torch, dtype)) for dtype in dict.fromkeys((args.dtype, new_dtype))}
+    for dtype, peak in peaks.items():
+        print(f"peak: {peak:.1f} GFLOP/s ({dtype} 2048x2048 matmul)")
 
-    def engine(**options):
-        return HFEngine(model, tok, stops, settings, constrained=schemas is not None, **options)
+    def engine(m=model, **options):
+        return HFEngine(m, tok, stops, settings, constrained=schemas is not None, **options)
 
-    new = engine(batch_size=args.batch_size)
+    new = engine(new_model, batch_size=args.batch_size)
     runs = [("one-at-a-time", engine(batch_size=1, continuous=False)),
             ("static batches", engine(batch_size=args.batch_size, continuous=False)), ("new engine", new)]
     if args.skip_single:
@@ -204,7 +214,8 @@ def main(argv=None) -> None:
 
     results = {}
     for name, e in runs:
-        counter.reset()
+        run_counter, peak = (new_counter, peaks[new_dtype]) if e is new else (counter, peaks[args.dtype])
+        run_counter.reset()
         if e is new:
             for method_name, method in timed_methods.items():
                 setattr(GreedyLoop, method_name, timer(method))
@@ -215,7 +226,7 @@ def main(argv=None) -> None:
             setattr(GreedyLoop, method_name, method)
         results[name] = (gens, seconds)
         tokens = sum(g.num_tokens for g in gens)
-        gflops = counter.flops() / seconds / 1e9
+        gflops = run_counter.flops() / seconds / 1e9
         parsed = sum(_parses(g.text) for g in gens)
         print(f"{name + ':':16}{seconds:8.2f}s  {len(prompts) / seconds:6.2f} rec/s  {tokens / seconds:7.1f} new tok/s"
               f"  {gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak)  {parsed}/{len(gens)} parse")
@@ -228,11 +239,11 @@ def main(argv=None) -> None:
           f"{stats.reused_tokens + stats.prefill_tokens} prompt tokens taken from shared prefixes; choosing "
           f"tokens (grammar, closing policy, allowed tokens' logits) "
           f"{100 * choosing[0] / results['new engine'][1]:.1f}% of the time")
-    rows = round(counter.positions / max(stats.decode_passes, 1))  # the counter holds the last run: the new engine
-    alone = products_alone(model, rows)
-    at_rate = counter.flops() / alone / 1e9
+    rows = round(new_counter.positions / max(stats.decode_passes, 1))
+    alone = products_alone(new_model, rows)
+    at_rate = new_counter.flops() / alone / 1e9
     print(f"decoder products alone at the new engine's {rows} positions per pass: {alone:.1f} GFLOP/s "
-          f"({100 * alone / peak:.1f}% of peak); at that rate its passes' products take {at_rate:.2f}s, "
+          f"({100 * alone / peaks[new_dtype]:.1f}% of peak); at that rate its passes' products take {at_rate:.2f}s, "
           f"{100 * at_rate / results['new engine'][1]:.0f}% of its time")
     reference = results["one-at-a-time" if "one-at-a-time" in results else "static batches"][0]
     same = {name: sum(a.text == b.text for a, b in zip(reference, gens)) for name, (gens, _) in results.items()}
@@ -240,18 +251,18 @@ def main(argv=None) -> None:
           + ", ".join(f"{name} {k}/{len(prompts)}" for name, k in same.items()))
     texts = [g.text for g in results["new engine"][0]]
     if args.compile:
-        compile_ab(model, lambda: new.generate(prompts, schemas), texts)
+        compile_ab(new_model, lambda: new.generate(prompts, schemas), texts)
     if args.group_rows_ab:
         default, variants = greedy.GROUP_ROWS, {f"groups of {greedy.GROUP_ROWS}": new}
         for rows in args.group_rows_ab:
             greedy.GROUP_ROWS = rows
-            variants[f"groups of {rows}"] = engine(batch_size=args.batch_size)
+            variants[f"groups of {rows}"] = engine(new_model, batch_size=args.batch_size)
         greedy.GROUP_ROWS = default
         alternate("attention group sizes A/B (new engine)",
                   {name: partial(e.generate, prompts, schemas) for name, e in variants.items()}, texts)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (cores: {os.cpu_count()})")
     t_new, t_static = results["new engine"][1], results["static batches"][1]
-    line = f"infer: new engine {t_static / t_new:.2f}x static batches"
+    line = f"infer: new engine{'' if new_model is model else f' ({new_dtype})'} {t_static / t_new:.2f}x static batches"
     if "one-at-a-time" in results:
         line += f", {results['one-at-a-time'][1] / t_new:.1f}x one-at-a-time"
     print(line + f" ({same['new engine']}/{len(prompts)} identical)")

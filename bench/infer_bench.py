@@ -15,7 +15,7 @@ greedy loop (continuous batching, shared-prefix reuse, lookup drafts, jump-forwa
 the model's decoder layers: 2 x their weights x token positions computed, padding included; attention and the
 output layer left out) as a share of the peak of a large matmul in the run's dtype, measured in the same run. The
 records are the repository's sample records of ``--task``, repeated, or with ``--dataset`` the first ``--records``
-texts of a benchmark folder's ``test.json`` (converted with its ``schema.json``). Then,
+instructions converted (with its ``schema.json``) from a benchmark folder's ``test.json``. Then,
 for the new loop: the shares of answer tokens forced by the grammar and kept from lookup drafts (and how many
 drafted tokens were kept), of those chosen from the logits of the allowed tokens only, the time spent choosing
 tokens (grammar masks, closing policy, the output layer's rows for them); the rate of the decoder's matrix products
@@ -53,8 +53,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def records(task: str, language: str, n: int, dataset: Path | None = None) -> list[dict]:
-    """``n`` converted test records: of the repository's samples of ``task`` (repeated), or of the first texts of
-    ``dataset``'s ``test.json`` (a benchmark folder, converted with its ``schema.json``)."""
+    """``n`` converted test records: of the repository's samples of ``task`` (repeated), or the first ones of
+    ``dataset``'s ``test.json`` (a benchmark folder, converted with its ``schema.json``; a text gives one record per
+    schema chunk, so its first ``n`` texts are enough)."""
     suffix = "_en" if language == "en" else ""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "test.json"
@@ -145,7 +146,8 @@ def main(argv=None) -> None:
     parser.add_argument("--language", default=None, help="zh (tiny) / en (others)")
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--dataset", type=Path,
-                        help="benchmark folder (test.json, schema.json): its first --records texts instead of the samples")
+                        help="benchmark folder (test.json, schema.json): the first --records instructions of its "
+                             "texts instead of the samples")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--constrained_decoding", action="store_true", help="all three runs JSON-constrained")

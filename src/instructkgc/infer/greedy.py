@@ -453,7 +453,8 @@ class _Plan:
 
     queries: list  # (start, end): the tokens of the pass that attend in the group
     writes: list  # [(start, end), ...]: the tokens of the pass whose keys and values the group stores
-    full: list  # which of the group's columns each of its attending tokens sees ([tokens, columns]; None: none attend)
+    full: list  # which of the group's columns each of its attending tokens sees ([tokens, columns]; None: none attend;
+    # ``GreedyLoop._forward`` turns them into packed_sdpa's 4-D additive masks)
     windowed: list  # the same within the sliding window (None without one)
 
 

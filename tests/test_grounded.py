@@ -229,3 +229,43 @@ def assert_closes_from_every_point(cache, schema, answer):
         assert closing is not None, answer[:end]
         assert m.accept_string(closing) and m.is_completed(), (answer[:end], closing)
         json.loads(answer[:end] + closing.decode())
+
+
+@pytest.mark.parametrize("grounded", [False, True])
+def test_spelling_is_the_longest_accepted_match(tiny_model_dir, grounded):
+    """``spell`` remembers the longest matches of each text and asks the grammar only about those: from every
+    point of an answer its tokens are those of the search it stands for (at each byte the longest vocabulary
+    match the grammar accepts; none if a byte has none or more than ``limit`` are needed), for closing texts,
+    texts the grammar refuses part of, and budgets just too short."""
+    from instructkgc.infer.constrained import GrammarCache
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cache = GrammarCache(tok, len(tok), [tok.eos_token_id])
+
+    def search(matcher, data, limit):
+        sim, pos, tokens = matcher.fork(), 0, []
+        while pos < len(data):
+            sizes = range(min(cache.max_token_bytes, len(data) - pos), 0, -1)
+            tid = next((cache.by_bytes[data[pos:pos + n]] for n in sizes if data[pos:pos + n] in cache.by_bytes
+                        and sim.accept_token(cache.by_bytes[data[pos:pos + n]])), None)
+            if tid is None or len(tokens) == limit:
+                return None
+            tokens.append(tid)
+            pos += len(cache.vocab[tid])
+        return tokens
+
+    schema = {**NER, SPAN_TEXT: "Abbas II ( full name : Abbas Hilmy ) , born 2009 ."} if grounded else NER
+    answer = '{"a": [".", "Abbas II ( full name :", ", born 2009"], "b": [")"]}'
+    refused = 0
+    for end in range(len(answer)):
+        m = cache.matcher(schema)
+        assert m.accept_string(answer[:end].encode())
+        closing = cache.closing_text(m, 200)
+        for text in (closing, closing + b'"x', b"]]" + closing, answer[end:end + 7].encode()):
+            expected = search(m, text, 200)
+            refused += expected is None
+            assert cache.spell(m, text, 200) == expected, (answer[:end], text)
+            if expected:
+                assert cache.spell(m, text, len(expected) - 1) is None
+                assert cache.spell(m, text, len(expected)) == expected
+    assert refused  # some texts were refused part of the way

@@ -33,8 +33,18 @@ _CONTINUATIONS = tuple(bytes([b]) for b in range(0x80, 0xC0))  # UTF-8 continuat
 _PRINTABLE = tuple(bytes([b]) for b in range(0x21, 0x7F) if b not in b'"\\')
 
 
+def _accepts(matcher, text: bytes) -> bool:
+    """Whether ``matcher`` accepts ``text`` next; its state is left as it was. (A string it refuses leaves the
+    state alone, one it takes is one rollback step: cheaper than a fork, whose copy grows with the answer.)"""
+    if matcher.accept_string(text):
+        matcher.rollback(1)
+        return True
+    return False
+
+
 def _after_string(matcher) -> bool:
-    """Whether ``matcher`` (just past a quote) is outside a string: the quote closed one, it did not open one.
+    """Whether ``matcher`` (just past a quote) is outside a string: the quote closed one, it did not open one
+    (the state is not changed).
 
     Inside a free string any character may follow; after a closing quote only structure may: the end, ``, "``
     (a raw quote is never string content), a key's ``: "`` / ``: [`` / ``: {``, or closing brackets followed by
@@ -42,18 +52,20 @@ def _after_string(matcher) -> bool:
     in the answer: ``"]}}]}``). (A span of the input text may start with a comma, a colon or a bracket: those
     alone decide nothing.)
     """
-    if matcher.fork().accept_string(b"a"):
+    if _accepts(matcher, b"a"):
         return False
     return _structure_follows(matcher, MAX_NESTING)
 
 
 def _structure_follows(matcher, depth: int) -> bool:
-    if matcher.is_completed() or any(matcher.fork().accept_string(s) for s in (b', "', b': "', b': [', b': {')):
+    if matcher.is_completed() or any(_accepts(matcher, s) for s in (b', "', b': "', b': [', b': {')):
         return True
     for bracket in (b"]", b"}"):
-        after = matcher.fork()
-        if depth and after.accept_string(bracket) and _structure_follows(after, depth - 1):
-            return True
+        if depth and matcher.accept_string(bracket):
+            follows = _structure_follows(matcher, depth - 1)
+            matcher.rollback(1)
+            if follows:
+                return True
     return False
 
 
@@ -78,6 +90,7 @@ class GrammarCache:
     """Tokenizer info, a grammar compiler and compiled grammars (cached by schema) for one model."""
 
     MAX_GRAMMARS = 512  # grounded grammars are per record: keep the cache bounded
+    MAX_TEXTS = 4096  # remembered spellings of closing and forced texts (each dict)
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
         xgr = require_xgrammar()
@@ -89,6 +102,8 @@ class GrammarCache:
                                                        stop_token_ids=self.stop_token_ids)
         self.compiler = xgr.GrammarCompiler(self.info)
         self._grammars: dict[str, object] = {}
+        self._longest: dict[bytes, Optional[list[int]]] = {}  # text -> its longest matches (see ``spell``)
+        self._encoded: dict[str, Optional[list[int]]] = {}  # text -> the tokenizer's encoding (None: not spelling it)
         special = set(self.info.special_token_ids)
         # decoded_vocab converts the whole vocabulary on every access: read it once
         self.vocab: list[bytes] = [bytes(raw) for raw in self.info.decoded_vocab]
@@ -119,27 +134,42 @@ class GrammarCache:
                 sim.accept_string(forced)
                 out.append(forced)
                 continue
-            probe = sim.fork()
-            if probe.accept_string(b'"') and _after_string(probe):
-                sim, step = probe, b'"'  # the quote ended a string
-            else:
-                step = next((c for c in _CLOSERS + _CONTINUATIONS + _PRINTABLE if sim.fork().accept_string(c)), None)
-                if step is None:
-                    return None
-                sim.accept_string(step)
+            if sim.accept_string(b'"'):
+                if _after_string(sim):
+                    out.append(b'"')  # the quote ended a string
+                    continue
+                sim.rollback(1)
+            step = next((c for c in _CLOSERS + _CONTINUATIONS + _PRINTABLE if sim.accept_string(c)), None)
+            if step is None:
+                return None
             out.append(step)
         return None
 
     def spell(self, matcher, data: bytes, limit: int) -> Optional[list[int]]:
-        """Tokens (longest vocabulary match first) that ``matcher`` accepts and that spell ``data``."""
+        """Tokens (longest vocabulary match first) that ``matcher`` accepts and that spell ``data``; ``None`` if
+        more than ``limit`` are needed or there are none.
+
+        The longest matches are found once per text (the same closing texts come back step after step) and
+        the grammar is asked only about them while it accepts them, as it mostly does (closing brackets,
+        separators, keys): then they are the spelling a search through the grammar would find."""
+        if data not in self._longest:
+            self._longest[data] = self._spelling(data, lambda token: True)
+            if len(self._longest) > self.MAX_TEXTS:
+                del self._longest[next(iter(self._longest))]
+        tokens = self._longest[data]
         sim = matcher.fork()
+        if tokens is None or not all(sim.accept_token(t) for t in tokens[:limit]):
+            sim = matcher.fork()
+            tokens = self._spelling(data, sim.accept_token)
+        return list(tokens) if tokens is not None and len(tokens) <= limit else None
+
+    def _spelling(self, data: bytes, accepts) -> Optional[list[int]]:
+        """``data`` in tokens, left to right, each the longest vocabulary match that ``accepts`` takes."""
         pos, tokens = 0, []
         while pos < len(data):
-            if len(tokens) >= limit:
-                return None
             for size in range(min(self.max_token_bytes, len(data) - pos), 0, -1):
                 tid = self.by_bytes.get(data[pos:pos + size])
-                if tid is not None and sim.accept_token(tid):
+                if tid is not None and accepts(tid):
                     tokens.append(tid)
                     pos += size
                     break
@@ -149,11 +179,18 @@ class GrammarCache:
 
     def encode(self, matcher, text: str) -> Optional[list[int]]:
         """The tokenizer's encoding of ``text`` when it spells exactly ``text`` and ``matcher`` accepts it."""
-        tokens = self.tokenizer.encode(text, add_special_tokens=False)
-        if any(t >= self.vocab_size for t in tokens) or b"".join(self.vocab[t] for t in tokens) != text.encode():
+        if text not in self._encoded:
+            tokens = self.tokenizer.encode(text, add_special_tokens=False)
+            spells = (all(t < self.vocab_size for t in tokens)
+                      and b"".join(self.vocab[t] for t in tokens) == text.encode())
+            self._encoded[text] = tokens if spells else None
+            if len(self._encoded) > self.MAX_TEXTS:
+                del self._encoded[next(iter(self._encoded))]
+        tokens = self._encoded[text]
+        if tokens is None:
             return None
         sim = matcher.fork()
-        return tokens if all(sim.accept_token(t) for t in tokens) else None
+        return list(tokens) if all(sim.accept_token(t) for t in tokens) else None
 
     def grammar(self, schema: dict):
         """The compiled grammar of ``schema``; one carrying the record's text (``x-span-text``, grounded

@@ -34,8 +34,9 @@ _PRINTABLE = tuple(bytes([b]) for b in range(0x21, 0x7F) if b not in b'"\\')
 
 
 def _accepts(matcher, text: bytes) -> bool:
-    """Whether ``matcher`` accepts ``text`` next; its state is left as it was. (A string it refuses leaves the
-    state alone, one it takes is one rollback step: cheaper than a fork, whose copy grows with the answer.)"""
+    """Whether ``matcher`` accepts ``text`` next; its state is left as it was. (xgrammar leaves the state alone
+    when it refuses a string and counts an accepted one as one rollback step: cheaper than a fork, which copies
+    a parse state that grows with the answer.)"""
     if matcher.accept_string(text):
         matcher.rollback(1)
         return True
@@ -152,11 +153,7 @@ class GrammarCache:
         The longest matches are found once per text (the same closing texts come back step after step) and
         the grammar is asked only about them while it accepts them, as it mostly does (closing brackets,
         separators, keys): then they are the spelling a search through the grammar would find."""
-        if data not in self._longest:
-            self._longest[data] = self._spelling(data, lambda token: True)
-            if len(self._longest) > self.MAX_TEXTS:
-                del self._longest[next(iter(self._longest))]
-        tokens = self._longest[data]
+        tokens = self._remembered(self._longest, data, lambda text: self._spelling(text, lambda token: True))
         sim = matcher.fork()
         if tokens is None or not all(sim.accept_token(t) for t in tokens[:limit]):
             sim = matcher.fork()
@@ -179,18 +176,25 @@ class GrammarCache:
 
     def encode(self, matcher, text: str) -> Optional[list[int]]:
         """The tokenizer's encoding of ``text`` when it spells exactly ``text`` and ``matcher`` accepts it."""
-        if text not in self._encoded:
-            tokens = self.tokenizer.encode(text, add_special_tokens=False)
-            spells = (all(t < self.vocab_size for t in tokens)
-                      and b"".join(self.vocab[t] for t in tokens) == text.encode())
-            self._encoded[text] = tokens if spells else None
-            if len(self._encoded) > self.MAX_TEXTS:
-                del self._encoded[next(iter(self._encoded))]
-        tokens = self._encoded[text]
+        tokens = self._remembered(self._encoded, text, self._encoding)
         if tokens is None:
             return None
         sim = matcher.fork()
         return list(tokens) if all(sim.accept_token(t) for t in tokens) else None
+
+    def _encoding(self, text: str) -> Optional[list[int]]:
+        tokens = self.tokenizer.encode(text, add_special_tokens=False)
+        spells = all(t < self.vocab_size for t in tokens) and b"".join(self.vocab[t] for t in tokens) == text.encode()
+        return tokens if spells else None
+
+    def _remembered(self, store: dict, key, compute):
+        """``store[key]``, computed by ``compute(key)`` the first time (the oldest entry dropped beyond
+        ``MAX_TEXTS``)."""
+        if key not in store:
+            store[key] = compute(key)
+            if len(store) > self.MAX_TEXTS:
+                del store[next(iter(store))]
+        return store[key]
 
     def grammar(self, schema: dict):
         """The compiled grammar of ``schema``; one carrying the record's text (``x-span-text``, grounded

@@ -183,6 +183,7 @@ class GrammarCache:
         return list(tokens) if all(sim.accept_token(t) for t in tokens) else None
 
     def _encoding(self, text: str) -> Optional[list[int]]:
+        """The tokenizer's encoding of ``text``; ``None`` when those tokens do not spell exactly ``text``."""
         tokens = self.tokenizer.encode(text, add_special_tokens=False)
         spells = all(t < self.vocab_size for t in tokens) and b"".join(self.vocab[t] for t in tokens) == text.encode()
         return tokens if spells else None
